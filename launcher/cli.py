@@ -1,0 +1,169 @@
+"""`tunelaunch` subcommands. Thin: parse, call, print. Exit codes: 0 ok, 2 bad configuration, else the
+worker's own exit code."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+EXIT_CONFIG = 2
+
+
+def cmd_plan(args) -> int:
+    from launcher.report import render_plan
+
+    plan = _plan_or_exit(args)
+    if plan is None:
+        return EXIT_CONFIG
+    print(render_plan(plan))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from launcher.sweep import expand
+
+    jobs = expand(args.overrides) if args.multirun else [(args.overrides, None)]
+    codes = []
+    for i, (overrides, subdir) in enumerate(jobs):
+        if len(jobs) > 1:
+            print(f"== sweep job {i + 1}/{len(jobs)}: {' '.join(overrides)}", flush=True)
+        if subdir:
+            base = _base_project_name(args.config, overrides)
+            if base is None:
+                return EXIT_CONFIG
+            overrides = [*overrides, f"project_name={base}/{subdir}"]
+        codes.append(_train_one(args.config, overrides))
+    if len(jobs) > 1:
+        print(f"== sweep: {codes.count(0)} of {len(jobs)} jobs succeeded")
+    return next((c for c in codes if c != 0), 0)
+
+
+def _train_one(config, overrides) -> int:
+    from launcher import run_dir as runs
+    from launcher.config.autotrain import training_params
+    from launcher.distributed.launch import accelerate_config, launch_command, render
+    from launcher.report import render_plan
+
+    plan = _plan_or_exit(argparse.Namespace(config=config, overrides=overrides))
+    if plan is None:
+        return EXIT_CONFIG
+    if plan.blockers:
+        print("Cannot start training yet:\n" + "\n".join(f"  - {b}" for b in plan.blockers), file=sys.stderr)
+        return EXIT_CONFIG
+    print(render_plan(plan, brief=True), flush=True)
+    folder = runs.open_run_dir(plan.cfg)
+    runs.write_config(folder, plan.cfg)
+    runs.write_json(folder / "training_params.json", training_params(plan.cfg))
+    runs.write_yaml(folder / "accelerate_config.yaml", accelerate_config(plan.cfg, plan.launch, plan.hardware))
+    cmd = launch_command(plan.cfg, plan.launch, folder)
+    runs.write_json(folder / "launch.json", {"command": render(cmd), "backend": plan.launch.backend,
+                                             "world_size": plan.launch.world_size, "hardware": plan.hardware.kind})
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+                                                      env.get("PYTHONPATH")]))
+    token = plan.hub_token()
+    if token:
+        env["HF_TOKEN"] = token  # the one way the secret reaches the workers
+    code = subprocess.run(cmd, env=env).returncode
+    if code != 0:
+        print(f"\nTraining failed (exit {code}); see {folder / 'train.log'}. Completed checkpoints are kept: "
+              "run the same command again to resume.", file=sys.stderr)
+    else:
+        print(f"\nFinished: {folder}")
+    return code
+
+
+def _base_project_name(config, overrides) -> str | None:
+    from launcher.config.compose import compose
+    from launcher.config.errors import ConfigError
+
+    try:
+        return compose(config, overrides).config.project_name
+    except ConfigError as err:
+        print(err.report(), file=sys.stderr)
+        return None
+
+
+def cmd_recipes(args) -> int:
+    from launcher import RECIPES_DIR
+    from launcher.config.compose import recipe_names
+
+    if args.name is None:
+        for name in recipe_names():
+            first = (RECIPES_DIR / f"{name}.yaml").read_text().splitlines()
+            run = next((line.lstrip("# ").strip() for line in first if line.startswith("# Run:")), "")
+            print(f"{name:28s} {run}")
+        return 0
+    path = RECIPES_DIR / f"{args.name.removesuffix('.yaml')}.yaml"
+    if not path.is_file():
+        print(f"no recipe '{args.name}'; `tunelaunch recipes` lists them", file=sys.stderr)
+        return EXIT_CONFIG
+    print(path.read_text(), end="")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from launcher.config.parse import describe_type, walk_fields
+    from launcher.config.schema import RunConfig
+
+    shown = 0
+    for key, tp, default, doc in walk_fields(RunConfig):
+        if args.key and not key.startswith(args.key):
+            continue
+        shown += 1
+        print(f"{key}  ({describe_type(tp)}, default {yaml.safe_dump(default).strip().removesuffix('...').strip()})")
+        print("    " + doc.replace("\n", "\n    "))
+    if not shown:
+        print(f"no key starts with '{args.key}'", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+def _plan_or_exit(args):
+    from launcher.config.errors import ConfigError
+    from launcher.planning import make_plan
+
+    try:
+        return make_plan(args.config, list(args.overrides))
+    except ConfigError as err:
+        print(err.report(), file=sys.stderr)
+        return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunelaunch", description="Validate a fine-tuning run completely, then launch it.",
+        epilog="Overrides are Hydra's: key=value, group=option (trainer=dpo, peft=lora, distributed=zero3), "
+               "recipe=sft/quickstart. `tunelaunch explain` documents every key.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p):
+        p.add_argument("--config", help="a config file: ours, or AutoTrain's config.yaml")
+        p.add_argument("overrides", nargs="*", help="key=value overrides")
+        return p
+
+    with_config(sub.add_parser("plan", help="validate and print the resolved config and launch command")
+                ).set_defaults(func=cmd_plan)
+    train = with_config(sub.add_parser("train", help="validate, then launch the training"))
+    train.add_argument("-m", "--multirun", action="store_true", help="sweep: key=a,b runs one job per value")
+    train.set_defaults(func=cmd_train)
+    recipes = sub.add_parser("recipes", help="list the shipped recipes, or show one")
+    recipes.add_argument("name", nargs="?")
+    recipes.set_defaults(func=cmd_recipes)
+    explain = sub.add_parser("explain", help="document the configuration keys")
+    explain.add_argument("key", nargs="?", help="a key or prefix, e.g. data or training.lr")
+    explain.set_defaults(func=cmd_explain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Compose a run's configuration with Hydra, in the launching process only.
+
+Layers, lowest first: the schema's defaults, the `conf/` groups (trainer, peft, precision, distributed,
+logger), a recipe (`recipe=sft/quickstart` picks `recipes/sft/quickstart.yaml`), the `--config` file (native
+or AutoTrain), then command-line overrides. Workers never compose again: they read the resolved file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from launcher import CONF_DIR, REPO_ROOT, RECIPES_DIR
+from launcher.config import autotrain
+from launcher.config.errors import ConfigError, Problem
+from launcher.config.parse import from_dict, unknown_key_message, walk_fields
+from launcher.config.schema import RunConfig
+
+GROUPS = ("trainer", "peft", "precision", "distributed", "logger")
+_BASE_NAME = "tunelaunch_schema_defaults"
+
+
+@dataclass
+class Composed:
+    config: RunConfig
+    """The typed configuration, secrets included (in memory only)."""
+    notes: list = field(default_factory=list)
+    """Adjustments and ignored settings, shown by `plan`."""
+    origin: dict = field(default_factory=dict)
+    """Our key -> the key the user wrote in the --config file."""
+    source: str | None = None
+    """The --config file, for messages."""
+
+
+def compose(config_file: str | Path | None = None, overrides: list[str] | tuple = ()) -> Composed:
+    """Compose and type-check a configuration; raise ConfigError listing every problem found."""
+    problems: list[Problem] = []
+    recipe, hydra_overrides = _split_recipe(list(overrides), problems)
+    key_problems = check_override_keys(hydra_overrides)
+    problems += key_problems
+    # Drop the overrides already reported so composition goes on and finds the remaining problems too.
+    bad = {p.key for p in key_problems}
+    hydra_overrides = [o for o in hydra_overrides if o.partition("=")[0].lstrip("+~") not in bad]
+
+    translation = autotrain.Translation()
+    source = str(config_file) if config_file else None
+    if config_file:
+        translation = load_config_file(Path(config_file))
+    problems += translation.problems
+
+    secret_token = _pop(translation.values, "hub", "token")
+
+    cli_groups = {o.split("=", 1)[0].lstrip("+") for o in hydra_overrides if "=" in o}
+    file_groups = [f"{g}={v}" for g, v in translation.groups.items() if g not in cli_groups]
+    with tempfile.TemporaryDirectory(prefix="tunelaunch-compose-") as tmp:
+        layers = [*file_groups]
+        if recipe:
+            layers.append(f"+recipes@_global_={recipe}")
+        if translation.values:
+            (Path(tmp) / "user_config").mkdir()
+            text = "# @package _global_\n" + yaml.safe_dump(translation.values, sort_keys=False)
+            (Path(tmp) / "user_config" / "file.yaml").write_text(text)
+            layers.append("+user_config@_global_=file")
+        searchpath = f"hydra.searchpath=[file://{REPO_ROOT},file://{tmp}]"
+        try:
+            data = _hydra_compose([searchpath, *layers, *hydra_overrides])
+        except ConfigError as err:
+            raise ConfigError(problems + err.problems, source, translation.origin) from None
+
+    cfg, type_problems = from_dict(RunConfig, data)
+    problems += type_problems
+    if secret_token is not None and cfg.hub.token is None:
+        cfg.hub.token = secret_token
+    if problems:
+        raise ConfigError(problems, source, translation.origin)
+    return Composed(cfg, translation.notes, translation.origin, source)
+
+
+def load_config_file(path: Path) -> autotrain.Translation:
+    """Read a --config file: AutoTrain's format is translated, ours is taken as it is."""
+    if not path.is_file():
+        raise ConfigError([Problem("--config", f"file not found: {path}")])
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError([Problem(f"{path}:{where}", f"not valid YAML: {getattr(err, 'problem', err)}")])
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError([Problem(str(path), "expected a mapping of keys at the top level")])
+    if autotrain.is_autotrain(doc):
+        unset: list = []
+        doc = autotrain.expand_env(doc, "", unset)
+        translation = autotrain.translate(doc)
+        for key, var in unset:
+            translation.notes.append(f"{key}: ${{{var}}} is not set in the environment; taken as null.")
+        return translation
+    groups = {}
+    trainer = (doc.get("trainer") or {}).get("name") if isinstance(doc.get("trainer"), dict) else None
+    if trainer:
+        groups["trainer"] = trainer
+    return autotrain.Translation(values=doc, groups=groups)
+
+
+def check_override_keys(overrides: list[str]) -> list[Problem]:
+    """Name every unknown override key at once, with a suggestion (Hydra would stop at the first)."""
+    leaves = [key for key, *_ in walk_fields(RunConfig)]
+    nodes = {k.rsplit(".", 1)[0] for k in leaves if "." in k}
+    problems = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key.startswith("hydra"):
+            continue
+        if key in GROUPS:
+            options = group_options(key)
+            for choice in value.split(","):  # a sweep lists several
+                if choice not in options:
+                    close = difflib.get_close_matches(choice, options, n=1)
+                    hint = f"Did you mean '{close[0]}'?" if close else f"Options: {', '.join(options)}."
+                    problems.append(Problem(key, f"no option '{choice}' in conf/{key}/. {hint}"))
+        elif key not in leaves and key not in nodes:
+            parent, _, leaf = key.rpartition(".")
+            siblings = [k.rsplit(".", 1)[-1] for k in leaves if k.rpartition(".")[0] == parent]
+            if siblings:
+                problems.append(Problem(key, unknown_key_message(leaf, siblings, f"{parent}." if parent else "")))
+            else:
+                close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.5)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                problems.append(Problem(key, f"unknown key.{hint}"))
+    return problems
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def recipe_names() -> list[str]:
+    return sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.glob("*/*.yaml"))
+
+
+def _split_recipe(overrides: list[str], problems: list) -> tuple[str | None, list[str]]:
+    recipe, rest = None, []
+    for override in overrides:
+        if override.startswith("recipe="):
+            recipe = override.split("=", 1)[1].removesuffix(".yaml").removeprefix("recipes/")
+            if recipe not in recipe_names():
+                close = difflib.get_close_matches(recipe, recipe_names(), n=1)
+                hint = f"Did you mean '{close[0]}'?" if close else f"Recipes: {', '.join(recipe_names())}."
+                problems.append(Problem("recipe", f"no recipe '{recipe}' in recipes/. {hint}"))
+                recipe = None
+        else:
+            rest.append(override)
+    return recipe, rest
+
+
+def _hydra_compose(overrides: list[str]) -> dict:
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    # The schema's defaults, as an untyped node: every key exists for overrides, and our own parser
+    # (not OmegaConf) does the type checking so that all problems are reported together.
+    ConfigStore.instance().store(name=_BASE_NAME, node=dataclasses.asdict(RunConfig()))
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+            return OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError([Problem("overrides", str(err).splitlines()[0])]) from None
+
+
+def _pop(tree: dict, *path: str):
+    for part in path[:-1]:
+        tree = tree.get(part) if isinstance(tree, dict) else None
+        if not isinstance(tree, dict):
+            return None
+    return tree.pop(path[-1], None)

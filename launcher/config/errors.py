@@ -1,0 +1,41 @@
+"""Problems found in a configuration, gathered and reported together."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    """Dotted key the problem is about (several keys joined with ' / ' for cross-field rules)."""
+    message: str
+    """What is wrong and how to fix it."""
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Raised with every problem found, so the user fixes them all in one go."""
+
+    def __init__(self, problems: list[Problem], source: str | None = None, origin: dict | None = None):
+        self.problems = problems
+        self.source = source
+        self.origin = origin or {}
+        """Our key -> the key the user wrote in the --config file (AutoTrain names)."""
+        super().__init__(self.report())
+
+    def report(self) -> str:
+        where = f" in {self.source}" if self.source else ""
+        n = len(self.problems)
+        lines = [f"{n} problem{'s' if n != 1 else ''} in the configuration{where}:"]
+        lines += [f"  - {name_keys(p, self.origin)}" for p in self.problems]
+        lines.append("Nothing was started.")
+        return "\n".join(lines)
+
+
+def name_keys(problem: Problem, origin: dict) -> Problem:
+    """Name keys as the user wrote them: `data.block_size` came from `params.block_size`."""
+    keys = [k.strip() for k in problem.key.split(" / ")]
+    named = [f"{k} ({origin[k]})" if k in origin and origin[k] != k else k for k in keys]
+    return Problem(" / ".join(named), problem.message)

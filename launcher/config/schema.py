@@ -1,0 +1,230 @@
+"""The run configuration: every knob of a run, typed and documented.
+
+Each field's docstring (the string under it) is its documentation: `tunelaunch explain` prints them and
+validation errors quote them. AutoTrain's name for a field, where it differs, is given in brackets; the
+full mapping lives in `launcher.config.autotrain`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+TrainerName = Literal["default", "sft", "reward", "dpo", "orpo"]
+Auto = Literal["auto"]
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = ""
+    """Hub id (`org/name`) or local folder of the base model. [model, base_model]"""
+    gguf_file: Optional[str] = None
+    """A GGUF file inside `name_or_path` to load instead of safetensors; it is dequantized for training."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) of the base model."""
+    max_length: int = 2048
+    """Longest sequence the model is run on; block_size and the prompt/completion limits may not exceed it.
+    [model_max_length]"""
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    """Attention kernel. auto: flash_attention_2 when flash-attn is installed and a GPU is used, else sdpa.
+    An explicit flash_attention_2 that cannot run falls back to sdpa and `plan` says so.
+    [use_flash_attention_2: true = flash_attention_2]"""
+    trust_remote_code: bool = False
+    """Run Python code shipped with a hub model. Off unless you trust the model's repository."""
+
+
+@dataclass
+class ColumnMapping:
+    text_column: str = "text"
+    """Column holding the text, the chat messages, or (preference data) the chosen answer. [text_column]"""
+    rejected_text_column: Optional[str] = None
+    """Column holding the rejected answer; reward, dpo and orpo need it. [rejected_text_column]"""
+    prompt_text_column: Optional[str] = None
+    """Column holding the prompt; dpo and orpo need it. [prompt_text_column]"""
+
+
+@dataclass
+class DataConfig:
+    path: str = "data"
+    """A folder holding `<split>.jsonl|.csv|.parquet`, a single data file, or a hub dataset id. [data_path]"""
+    train_split: str = "train"
+    """Training split: the file name without extension in `path`, or the hub split. [train_split]"""
+    valid_split: Optional[str] = None
+    """Validation split, or null for none. [valid_split]"""
+    num_validation_samples: int = 0
+    """With no valid_split: hold out this many rows from the TAIL of train for validation (0 = no validation)."""
+    format: Literal["auto", "text", "messages", "prompt_completion", "alpaca", "preference"] = "auto"
+    """Row format. auto detects it from the columns: `text`, chat `messages` (list of {role, content}),
+    `prompt`/`completion`, Alpaca `instruction`/`input`/`output`, preference `prompt`/`chosen`/`rejected`."""
+    chat_template: str = "none"
+    """How rows are rendered to text: none, chatml, zephyr, alpaca, tokenizer (the model's own template), or a
+    path to a Jinja file. The template used is saved with the output tokenizer. [chat_template]"""
+    column_mapping: ColumnMapping = field(default_factory=ColumnMapping)
+    """Which columns of your data play which role. [column_mapping]"""
+    add_eos_token: bool = True
+    """Append the EOS token to each text so the model learns to stop. [add_eos_token]"""
+    block_size: int = -1
+    """Length of a training sequence (the `default` trainer cuts concatenated text into blocks of it);
+    -1 = automatic: min(1024, model max_length). [block_size]"""
+    max_prompt_length: int = 128
+    """Longest prompt kept for dpo/orpo (longer prompts are truncated, and counted). [max_prompt_length]"""
+    max_completion_length: Optional[int] = None
+    """Longest completion kept for dpo/orpo; null = block_size minus the prompt. [max_completion_length]"""
+    padding_side: Literal["left", "right"] = "right"
+    """Side the tokenizer pads on. [padding]"""
+    packing: bool = False
+    """Pack several samples into one sequence without letting them attend to each other."""
+
+
+@dataclass
+class TrainerConfig:
+    name: TrainerName = "sft"
+    """Training method: default (causal LM on blocks of text), sft, reward, dpo or orpo. [trainer, task]"""
+    train_on: Literal["completion", "all"] = "completion"
+    """sft loss on the assistant turns / completion only (with their end-of-turn token), or on all tokens."""
+    beta: float = 0.1
+    """dpo: strength of the KL penalty to the reference model; orpo: weight of the odds-ratio loss. [dpo_beta]"""
+    model_ref: Optional[str] = None
+    """dpo: reference model; null uses the base model (with LoRA: the base without the adapter). [model_ref]"""
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 1
+    """Passes over the training data. [epochs]"""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (overrides epochs); -1 = run the epochs."""
+    lr: float = 3e-5
+    """Peak learning rate. [lr]"""
+    batch_size: int = 2
+    """Samples per device per forward pass. [batch_size]"""
+    gradient_accumulation: int = 4
+    """Forward passes accumulated per optimizer step. [gradient_accumulation]"""
+    warmup_ratio: float = 0.1
+    """Fraction of steps spent warming the learning rate up. [warmup_ratio]"""
+    optimizer: str = "adamw_torch"
+    """A transformers optimizer name (adamw_torch, adamw_torch_fused, adafactor, paged_adamw_8bit, ...). [optimizer]"""
+    scheduler: str = "linear"
+    """A transformers scheduler name (linear, cosine, constant, constant_with_warmup, ...). [scheduler]"""
+    weight_decay: float = 0.0
+    """Decoupled weight decay. [weight_decay]"""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm. [max_grad_norm]"""
+    seed: int = 42
+    """Seed for weights init, data order and dropout. [seed]"""
+    gradient_checkpointing: Union[bool, Auto] = "auto"
+    """Recompute activations in the backward pass to save memory. auto: on with a GPU, off on CPU (where it
+    costs 8-12x the time for nothing). [disable_gradient_checkpointing: true = false]"""
+    eval_strategy: Literal["no", "steps", "epoch"] = "epoch"
+    """When to evaluate on the validation split (ignored without one). [eval_strategy]"""
+    save_strategy: Literal["no", "steps", "epoch"] = "epoch"
+    """When to write a checkpoint (a restarted run resumes from the newest complete one)."""
+    save_steps: int = 500
+    """Checkpoint interval when save_strategy is steps."""
+    save_total_limit: int = 1
+    """Checkpoints kept on disk. [save_total_limit]"""
+    auto_find_batch_size: bool = False
+    """Halve the batch size on out-of-memory errors and retry. [auto_find_batch_size]"""
+
+
+@dataclass
+class PeftConfig:
+    enabled: bool = False
+    """Train a LoRA adapter instead of all weights. [peft]"""
+    r: int = 16
+    """LoRA rank. [lora_r]"""
+    alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r). [lora_alpha]"""
+    dropout: float = 0.05
+    """Dropout on the LoRA input. [lora_dropout]"""
+    target_modules: str = "all-linear"
+    """Modules that get adapters: all-linear, or a comma-separated list of module names. [target_modules]"""
+    merge_adapter: bool = False
+    """Merge the adapter into the base weights when saving (a failed merge is an error). [merge_adapter]"""
+
+
+@dataclass
+class QuantizationConfig:
+    mode: Literal["none", "int4", "int8"] = "none"
+    """Load the base weights quantized through bitsandbytes (QLoRA); needs peft.enabled. [quantization]"""
+
+
+@dataclass
+class PrecisionConfig:
+    mixed_precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Compute precision. auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU. [mixed_precision]"""
+
+
+@dataclass
+class DistributedConfig:
+    backend: Literal["auto", "none", "ddp", "deepspeed", "fsdp"] = "auto"
+    """How processes share the work. auto: none for one process, else DDP. [distributed_backend]"""
+    zero_stage: Literal[1, 2, 3] = 2
+    """DeepSpeed ZeRO stage when backend is deepspeed."""
+    offload: Literal["none", "optimizer", "optimizer_and_params"] = "none"
+    """DeepSpeed CPU offload when backend is deepspeed."""
+    num_processes: Optional[int] = None
+    """Processes per node; null = one per visible GPU (one on a machine without GPUs)."""
+    num_nodes: int = 1
+    """Machines taking part."""
+    node_rank: int = 0
+    """This machine's rank among num_nodes (set per node by `submit`)."""
+    main_process_ip: str = "127.0.0.1"
+    """Address of node 0, the rendezvous endpoint."""
+    main_process_port: int = 29500
+    """Port of the rendezvous endpoint on node 0."""
+    launcher: Literal["accelerate", "torchrun"] = "accelerate"
+    """Program that starts the worker processes."""
+
+
+@dataclass
+class LoggingConfig:
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    """Experiment tracker. [log]"""
+    steps: int = -1
+    """Log every this many optimizer steps; -1 = automatic (about 25 logs per run, at least every step
+    for short runs). [logging_steps]"""
+
+
+@dataclass
+class HubConfig:
+    push_to_hub: bool = False
+    """Upload the result to `username/project_name` on the Hugging Face Hub. [push_to_hub]"""
+    username: Optional[str] = None
+    """Hub user or organisation that owns the repository. [username]"""
+    token: Optional[str] = None
+    """Hub token; better left unset and given as HF_TOKEN. Never written to disk or logs. [token]"""
+    private: bool = True
+    """Create the hub repository as private."""
+
+
+@dataclass
+class RunConfig:
+    project_name: str = "project-name"
+    """Name of the run and its output folder (a relative path is taken from the working directory). [project_name]"""
+    overwrite: bool = False
+    """Start over when project_name holds a finished run: the old run is moved aside to
+    `<project_name>.old-<time>`, never deleted. Without it a finished run is an error; an unfinished one resumes."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The base model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The training data and how it is rendered."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """The training method."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """Optimisation."""
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    """LoRA."""
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    """Quantized base weights (QLoRA)."""
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    """Numeric precision."""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    """Processes, nodes and the distributed backend."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Metrics logging."""
+    hub: HubConfig = field(default_factory=HubConfig)
+    """Publishing to the Hugging Face Hub."""
+
+
+SECRET_KEYS = ("hub.token",)
+REDACTED = "<redacted>"

@@ -1,0 +1,1 @@
+"""Data: find the files, read and check rows, detect the format, render with a chat template."""

@@ -1,0 +1,31 @@
+"""Upload a finished run to the Hugging Face Hub as a private `username/project_name` repository.
+
+The token comes from hub.token or HF_TOKEN in memory and is handed to huggingface_hub directly; it is never
+written to a file or a log line. HF_ENDPOINT points the client at another hub (a local one in tests).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from launcher.config.schema import RunConfig
+
+log = logging.getLogger(__name__)
+# Checkpoints and logs stay local; the repository gets the model, tokenizer, card and the redacted configs.
+IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.log", "runs/**", ".*", "run_state.json", "launch.json"]
+
+
+def repo_id(cfg: RunConfig) -> str:
+    return f"{cfg.hub.username}/{Path(cfg.project_name).name}"
+
+
+def push(folder: Path, cfg: RunConfig) -> str:
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=cfg.hub.token)
+    repo = repo_id(cfg)
+    api.create_repo(repo, private=cfg.hub.private, exist_ok=True)
+    api.upload_folder(repo_id=repo, folder_path=str(folder), ignore_patterns=IGNORE,
+                      commit_message="Upload from tunelaunch")
+    log.info("pushed %s to the hub as %s", folder, repo)
+    return repo

@@ -1,0 +1,109 @@
+"""Build the tokenizer and model a run trains: dtype, attention kernel, quantization, chat template, LoRA.
+
+The configuration arrives resolved (no `auto` left), so this module only carries the choices out.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from launcher.config.schema import RunConfig
+from launcher.data.templates import Template, get_template
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def load_tokenizer(cfg: RunConfig):
+    """The base tokenizer with the run's chat template installed and its tokens present."""
+    from transformers import AutoTokenizer
+
+    m = cfg.model
+    tok = AutoTokenizer.from_pretrained(m.name_or_path, revision=m.revision, gguf_file=m.gguf_file,
+                                        trust_remote_code=m.trust_remote_code)
+    tok.padding_side = cfg.data.padding_side
+    tok.model_max_length = cfg.model.max_length
+    template = get_template(cfg.data.chat_template)
+    if template is not None and template.jinja is not None:
+        tok.chat_template = template.jinja
+    elif template is not None and not tok.chat_template:
+        raise ValueError(f"data.chat_template is 'tokenizer' but {m.name_or_path} has no chat template; "
+                         "use chatml, zephyr or a Jinja file")
+    if template is not None:
+        missing = [t for t in template.special_tokens if t not in tok.get_vocab()]
+        if missing:
+            tok.add_special_tokens({"additional_special_tokens": missing})
+            log.warning("added %s to the vocabulary for the %s template", missing, template.name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def end_of_turn_ids(tok, template: Template | None) -> list[int]:
+    """Token ids that end an assistant turn: generation stops at any of them."""
+    ids = [tok.eos_token_id]
+    if template is not None and template.end_of_turn:
+        ids.insert(0, tok.convert_tokens_to_ids(template.end_of_turn))
+    return [i for i in dict.fromkeys(ids) if i is not None]
+
+
+def load_model(cfg: RunConfig, tok, model_class=None, **kwargs):
+    """The base model, in the dtype and attention kernel the plan chose, quantized for QLoRA."""
+    from transformers import AutoModelForCausalLM
+
+    m = cfg.model
+    model_class = model_class or AutoModelForCausalLM
+    compute = DTYPES[cfg.precision.mixed_precision]
+    # Full fine-tunes keep fp32 master weights (autocast does the mixed precision); LoRA freezes the base,
+    # so it may sit in the compute dtype to halve memory.
+    dtype = compute if cfg.peft.enabled and compute is torch.bfloat16 else torch.float32
+    quant = quantization_config(cfg, compute)
+    model = model_class.from_pretrained(
+        m.name_or_path, revision=m.revision, gguf_file=m.gguf_file, dtype=dtype,
+        attn_implementation=m.attn_implementation, trust_remote_code=m.trust_remote_code,
+        quantization_config=quant, **kwargs)
+    if m.gguf_file:
+        _drop_gguf_marker(model)
+    if len(tok) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tok))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    log.info("model %s: %.1fM parameters, dtype %s, attention %s%s", m.name_or_path,
+             sum(p.numel() for p in model.parameters()) / 1e6, dtype, m.attn_implementation,
+             f", {cfg.quantization.mode}" if quant else "")
+    return model
+
+
+def quantization_config(cfg: RunConfig, compute_dtype):
+    if cfg.quantization.mode == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization.mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    # The compute dtype follows the run's precision (fp16 hard-coded would overflow bf16-trained models).
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=compute_dtype)
+
+
+def lora_config(cfg: RunConfig, task_type: str = "CAUSAL_LM"):
+    if not cfg.peft.enabled:
+        return None
+    from peft import LoraConfig
+
+    p = cfg.peft
+    targets = p.target_modules if p.target_modules == "all-linear" else [
+        t.strip() for t in p.target_modules.split(",") if t.strip()]
+    return LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=targets,
+                      bias="none", task_type=task_type)
+
+
+def _drop_gguf_marker(model) -> None:
+    """A GGUF checkpoint is dequantized on load but still flagged quantized, and the Trainer then refuses to
+    train it; the weights are plain tensors, so the flag is dropped."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config

@@ -1,0 +1,26 @@
+"""Hydra-style sweeps for `train -m`: `training.lr=1e-4,3e-4 peft.r=8,16` runs the four combinations.
+
+Hydra's own multirun would start one launcher per job inside Hydra's app runner; our jobs are whole
+`train` runs with their own process groups, so we only borrow Hydra's override grammar to expand the grid.
+"""
+from __future__ import annotations
+
+import itertools
+
+
+def expand(overrides: list[str]) -> list[tuple[list[str], str | None]]:
+    """Each job's overrides, and the sub-folder of project_name it runs in (None for a single job)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    axes = []
+    for o in parsed:
+        key = o.get_key_element()
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        axes.append([f"{key}={v}" for v in values])
+    jobs = [list(combo) for combo in itertools.product(*axes)]
+    if len(jobs) == 1 or any(o.get_key_element() == "project_name" for o in parsed if o.is_sweep_override()):
+        return [(job, None) for job in jobs]
+    # Each job gets its own run folder under the project, named by its swept values.
+    swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+    return [(job, ",".join(j for j in job if j.split("=", 1)[0] in swept).replace("/", "_")) for job in jobs]
