@@ -123,6 +123,24 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    import json
+
+    from launcher import generate
+
+    target = Path(args.target)
+    if (target / "config.yaml").is_file():
+        gen = generate.from_run(target)
+    elif target.is_dir() and (target / "config.json").is_file():
+        gen = generate.from_base(str(target), args.template)
+    else:
+        print(f"{target} is neither a run folder (with config.yaml) nor a model folder", file=sys.stderr)
+        return EXIT_CONFIG
+    messages = json.loads(Path(args.messages).read_text()) if args.messages else None
+    print(gen.complete(messages=messages, text=args.prompt, max_new_tokens=args.max_new_tokens))
+    return 0
+
+
 def _plan_or_exit(args):
     from launcher.config.errors import ConfigError
     from launcher.planning import make_plan
@@ -154,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     recipes = sub.add_parser("recipes", help="list the shipped recipes, or show one")
     recipes.add_argument("name", nargs="?")
     recipes.set_defaults(func=cmd_recipes)
+    gen = sub.add_parser("generate", help="prompt a trained run with its training template")
+    gen.add_argument("target", help="a run folder, or a model folder (with --template)")
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the user message (or raw text for runs without a chat template)")
+    source.add_argument("--messages", help="a JSON file holding a list of {role, content}")
+    gen.add_argument("--template", default="tokenizer", help="chat template for a plain model folder")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.set_defaults(func=cmd_generate)
     explain = sub.add_parser("explain", help="document the configuration keys")
     explain.add_argument("key", nargs="?", help="a key or prefix, e.g. data or training.lr")
     explain.set_defaults(func=cmd_explain)

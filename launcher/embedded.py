@@ -187,6 +187,17 @@ def smollm2_folder(out_dir: Path | None = None) -> Path:
     return out
 
 
+def embedded_model(name: str) -> str:
+    """`${embedded:NAME}` in a config: the tiny model is built on the spot (random weights, a second);
+    SmolLM2 is only named here, since converting it loads real weights: `python -m launcher.embedded smollm2`
+    (the quickstart does it) builds it, and validation says so when it is missing."""
+    if name == "tiny":
+        return str(build_tiny_llama())
+    if name == "smollm2":
+        return str(cache_root() / "models" / "SmolLM2-135M-Instruct")
+    raise ValueError(f"unknown embedded model '{name}'; use tiny or smollm2")
+
+
 if __name__ == "__main__":
     builders = {"tiny": build_tiny_llama, "smollm2": smollm2_folder}
     if len(sys.argv) != 2 or sys.argv[1] not in builders:

@@ -9,7 +9,7 @@ import logging
 import torch
 
 from launcher.config.schema import RunConfig
-from launcher.data.templates import Template, get_template
+from launcher.data.templates import get_template
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,6 @@ def load_tokenizer(cfg: RunConfig):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
-
-
-def end_of_turn_ids(tok, template: Template | None) -> list[int]:
-    """Token ids that end an assistant turn: generation stops at any of them."""
-    ids = [tok.eos_token_id]
-    if template is not None and template.end_of_turn:
-        ids.insert(0, tok.convert_tokens_to_ids(template.end_of_turn))
-    return [i for i in dict.fromkeys(ids) if i is not None]
 
 
 def load_model(cfg: RunConfig, tok, model_class=None, **kwargs):
@@ -103,7 +95,5 @@ def lora_config(cfg: RunConfig, task_type: str = "CAUSAL_LM"):
 def _drop_gguf_marker(model) -> None:
     """A GGUF checkpoint is dequantized on load but still flagged quantized, and the Trainer then refuses to
     train it; the weights are plain tensors, so the flag is dropped."""
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)

@@ -44,10 +44,10 @@ class Plan:
 
 def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware | None = None) -> Plan:
     """Raise ConfigError with every problem, or return the plan."""
-    composed = compose(config_file, overrides)
+    composed = compose(config_file, overrides, collect=True)
     cfg = composed.config
     hw = hardware or Hardware.detect()
-    problems = validate(cfg)
+    problems = composed.problems + validate(cfg)
     resolve_problems, notes = resolve(cfg, hw)
     launch = plan_launch(cfg, hw)
     data = check_data(cfg)

@@ -34,10 +34,14 @@ class Composed:
     """Our key -> the key the user wrote in the --config file."""
     source: str | None = None
     """The --config file, for messages."""
+    problems: list = field(default_factory=list)
+    """With collect=True: what was wrong (bad values were left at their defaults so checking can go on)."""
 
 
-def compose(config_file: str | Path | None = None, overrides: list[str] | tuple = ()) -> Composed:
-    """Compose and type-check a configuration; raise ConfigError listing every problem found."""
+def compose(config_file: str | Path | None = None, overrides: list[str] | tuple = (),
+            collect: bool = False) -> Composed:
+    """Compose and type-check a configuration; raise ConfigError listing every problem found, or with
+    collect=True return them in `Composed.problems` so later checks can add theirs to the same report."""
     problems: list[Problem] = []
     recipe, hydra_overrides = _split_recipe(list(overrides), problems)
     key_problems = check_override_keys(hydra_overrides)
@@ -75,9 +79,9 @@ def compose(config_file: str | Path | None = None, overrides: list[str] | tuple 
     problems += type_problems
     if secret_token is not None and cfg.hub.token is None:
         cfg.hub.token = secret_token
-    if problems:
+    if problems and not collect:
         raise ConfigError(problems, source, translation.origin)
-    return Composed(cfg, translation.notes, translation.origin, source)
+    return Composed(cfg, translation.notes, translation.origin, source, problems)
 
 
 def load_config_file(path: Path) -> autotrain.Translation:
@@ -170,6 +174,12 @@ def _hydra_compose(overrides: list[str]) -> dict:
     # The schema's defaults, as an untyped node: every key exists for overrides, and our own parser
     # (not OmegaConf) does the type checking so that all problems are reported together.
     ConfigStore.instance().store(name=_BASE_NAME, node=dataclasses.asdict(RunConfig()))
+    if not OmegaConf.has_resolver("embedded"):
+        from launcher.embedded import embedded_model
+
+        OmegaConf.register_new_resolver("embedded", embedded_model)
+    if not OmegaConf.has_resolver("repo"):  # shipped recipes name shipped data from any working directory
+        OmegaConf.register_new_resolver("repo", lambda rel="": str(REPO_ROOT / rel))
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=overrides)

@@ -5,11 +5,22 @@ Every adjustment is returned as a note that `plan` prints: nothing changes silen
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 
 from launcher.config.errors import Problem
 from launcher.config.schema import RunConfig
 from launcher.config.validate import effective_block_size
 from launcher.distributed.hardware import Hardware
+
+
+def model_positions(cfg: RunConfig) -> int | None:
+    """max_position_embeddings of a local model folder (read from config.json; no weights are touched)."""
+    config = Path(cfg.model.name_or_path).expanduser() / "config.json"
+    if cfg.model.gguf_file or not config.is_file():
+        return None
+    value = json.loads(config.read_text()).get("max_position_embeddings")
+    return value if isinstance(value, int) else None
 
 
 def resolve(cfg: RunConfig, hw: Hardware) -> tuple[list[Problem], list[str]]:
@@ -47,9 +58,14 @@ def resolve(cfg: RunConfig, hw: Hardware) -> tuple[list[Problem], list[str]]:
         cfg.training.gradient_checkpointing = hw.gpus > 0
         notes.append(f"gradient checkpointing: auto -> {'on' if hw.gpus else 'off (CPU: it only costs time)'}")
 
+    positions = model_positions(cfg)
     if cfg.data.block_size == -1:
-        cfg.data.block_size = effective_block_size(cfg)
-        notes.append(f"block_size: -1 -> {cfg.data.block_size} (min(1024, model max length))")
+        cfg.data.block_size = min(effective_block_size(cfg), positions or 1024)
+        notes.append(f"block_size: -1 -> {cfg.data.block_size} (min(1024, model max length"
+                     f"{', the model positions' if positions else ''}))")
+    elif positions and cfg.data.block_size > positions:
+        problems.append(Problem("data.block_size", f"{cfg.data.block_size} exceeds the {positions} positions the "
+                                f"model was built for (max_position_embeddings in its config.json)"))
 
     needed = {
         "bitsandbytes": cfg.quantization.mode != "none",

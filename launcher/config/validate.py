@@ -39,7 +39,8 @@ def model_given(cfg):
     looks_local = path.startswith((".", "/", "~")) or local.exists()
     if looks_local:
         if not local.is_dir():
-            yield Problem("model.name_or_path", f"folder not found: {local}")
+            hint = " (build it with: python -m launcher.embedded smollm2)" if local.name.startswith("SmolLM2") else ""
+            yield Problem("model.name_or_path", f"folder not found: {local}{hint}")
         elif cfg.model.gguf_file:
             if not (local / cfg.model.gguf_file).is_file():
                 yield Problem("model.gguf_file", f"{cfg.model.gguf_file} not found in {local}")

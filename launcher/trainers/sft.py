@@ -13,7 +13,7 @@ from datasets import Dataset
 from launcher import models
 from launcher.config.schema import RunConfig
 from launcher.data.load import load_splits, sft_row
-from launcher.data.templates import get_template
+from launcher.generate import stop_ids
 from launcher.distributed import runtime
 from launcher.trainers.common import save_final, training_kwargs
 
@@ -32,9 +32,8 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
 
     # ---- model and tokenizer
     tokenizer = models.load_tokenizer(cfg)
-    template = get_template(cfg.data.chat_template)
     model = models.load_model(cfg, tokenizer)
-    model.generation_config.eos_token_id = models.end_of_turn_ids(tokenizer, template)
+    model.generation_config.eos_token_id = stop_ids(tokenizer, cfg.data.chat_template)
     completion_only = cfg.trainer.train_on == "completion"
 
     # ---- trainer
