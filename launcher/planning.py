@@ -42,6 +42,22 @@ class Plan:
         return self.cfg.hub.token or os.environ.get("HF_TOKEN")
 
 
+def _derive_accumulation(cfg: RunConfig, launch: LaunchPlan, notes: list) -> list[Problem]:
+    """The hosted-API batch form: a global batch over all processes fixes the accumulation steps."""
+    t = cfg.training
+    if t.global_batch_size is None:
+        return []
+    per_pass = t.batch_size * launch.world_size
+    if t.global_batch_size < per_pass or t.global_batch_size % per_pass:
+        return [Problem("training.global_batch_size / training.batch_size", (
+            f"{t.global_batch_size} is not a multiple of batch_size {t.batch_size} x world size "
+            f"{launch.world_size} = {per_pass}: choose a global batch of k x {per_pass}"))]
+    t.gradient_accumulation = t.global_batch_size // per_pass
+    notes.append(f"batch: global {t.global_batch_size} = {t.batch_size} per device x {launch.world_size} "
+                 f"process(es) x {t.gradient_accumulation} accumulation steps")
+    return []
+
+
 def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware | None = None) -> Plan:
     """Raise ConfigError with every problem, or return the plan."""
     composed = compose(config_file, overrides, collect=True)
@@ -50,6 +66,7 @@ def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware 
     problems = composed.problems + validate(cfg)
     resolve_problems, notes = resolve(cfg, hw)
     launch = plan_launch(cfg, hw)
+    problems += _derive_accumulation(cfg, launch, notes)
     data = check_data(cfg)
     dir_problems, dir_notes = check_run_dir(cfg)
     problems += resolve_problems + launch.problems + data.problems + dir_problems

@@ -72,7 +72,16 @@ class DataConfig:
     padding_side: Literal["left", "right"] = "right"
     """Side the tokenizer pads on. [padding]"""
     packing: bool = False
-    """Pack several samples into one sequence without letting them attend to each other."""
+    """Pack several samples into one sequence of block_size tokens without letting them attend to each other
+    (position ids restart per sample). [pack_sequences]"""
+    wrap_packed_sequences: bool = False
+    """With packing: concatenate all samples and cut them into full blocks, across sample boundaries (constant
+    length, but samples are split and see their neighbours). [wrap_packed_sequences]"""
+    chunk_size: Optional[int] = None
+    """With packing: length of a packed sequence; null = block_size. [chunk_size]"""
+    cache_dir: Optional[str] = None
+    """Where tokenised datasets are cached (keyed by data, tokenizer, template, lengths, packing and trainer);
+    null = `<cache root>/data` (TUNELAUNCH_CACHE or ~/.cache/tunelaunch)."""
 
 
 @dataclass
@@ -96,7 +105,10 @@ class TrainingConfig:
     lr: float = 3e-5
     """Peak learning rate. [lr]"""
     batch_size: int = 2
-    """Samples per device per forward pass. [batch_size]"""
+    """Samples per device per forward pass. [batch_size, micro_batch_size]"""
+    global_batch_size: Optional[int] = None
+    """Samples per optimizer step over all processes; when set, gradient_accumulation is derived from it,
+    batch_size and the world size (it must divide evenly). [train_batch_size]"""
     gradient_accumulation: int = 4
     """Forward passes accumulated per optimizer step. [gradient_accumulation]"""
     warmup_ratio: float = 0.1
@@ -124,6 +136,8 @@ class TrainingConfig:
     """Checkpoints kept on disk. [save_total_limit]"""
     auto_find_batch_size: bool = False
     """Halve the batch size on out-of-memory errors and retry. [auto_find_batch_size]"""
+    validation_prompt: Optional[str] = None
+    """A prompt answered by the model at each evaluation, logged so you can watch it learn. [validation_prompt]"""
 
 
 @dataclass
