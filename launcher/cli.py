@@ -69,6 +69,10 @@ def _train_one(config, overrides) -> int:
     if token:
         env["HF_TOKEN"] = token  # the one way the secret reaches the workers
     code = subprocess.run(cmd, env=env).returncode
+    if code != 0 and runs.run_state(folder) is runs.RunState.FINISHED:
+        print(f"\nTraining finished and {folder} is complete, but the upload to the hub failed (see "
+              f"{folder / 'train.log'}); retry with `tunelaunch push {folder}`.", file=sys.stderr)
+        return 3
     if code != 0:
         print(f"\nTraining failed (exit {code}); see {folder / 'train.log'}. Completed checkpoints are kept: "
               "run the same command again to resume.", file=sys.stderr)
@@ -141,6 +145,33 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from launcher.merge import MergeError, merge_run
+
+    try:
+        out = merge_run(args.run_dir, args.output)
+    except MergeError as err:
+        print(f"merge failed: {err}", file=sys.stderr)
+        return 1
+    print(f"merged model written to {out}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from launcher.hub import push
+    from launcher.worker import load_resolved
+
+    folder = Path(args.run_dir)
+    cfg = load_resolved(folder / "config.yaml")  # the token comes from HF_TOKEN, never from the file
+    if args.username:
+        cfg.hub.username = args.username
+    if not cfg.hub.username or not cfg.hub.token:
+        print("push needs hub.username (in the run's config.yaml or --username) and HF_TOKEN", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"pushed to {push(folder, cfg)}")
+    return 0
+
+
 def _plan_or_exit(args):
     from launcher.config.errors import ConfigError
     from launcher.planning import make_plan
@@ -180,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--template", default="tokenizer", help="chat template for a plain model folder")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.set_defaults(func=cmd_generate)
+    merge = sub.add_parser("merge", help="merge a run's LoRA adapter into its base model")
+    merge.add_argument("run_dir")
+    merge.add_argument("--output", help="folder for the merged model (default RUN_DIR/merged)")
+    merge.set_defaults(func=cmd_merge)
+    push = sub.add_parser("push", help="upload a finished run to the hub (token from HF_TOKEN)")
+    push.add_argument("run_dir")
+    push.add_argument("--username", help="hub user or organisation, if the run's config has none")
+    push.set_defaults(func=cmd_push)
     explain = sub.add_parser("explain", help="document the configuration keys")
     explain.add_argument("key", nargs="?", help="a key or prefix, e.g. data or training.lr")
     explain.set_defaults(func=cmd_explain)

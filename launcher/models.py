@@ -62,9 +62,10 @@ def load_model(cfg: RunConfig, tok, model_class=None, **kwargs):
         model.resize_token_embeddings(len(tok))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
+    quantized = sum(1 for mod in model.modules() if type(mod).__name__ in ("Linear4bit", "Linear8bitLt"))
     log.info("model %s: %.1fM parameters, dtype %s, attention %s%s", m.name_or_path,
              sum(p.numel() for p in model.parameters()) / 1e6, dtype, m.attn_implementation,
-             f", {cfg.quantization.mode}" if quant else "")
+             f", {cfg.quantization.mode}: {quantized} quantized linear layers" if quant else "")
     return model
 
 

@@ -31,6 +31,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m launcher.worker RUN_DIR/config.yaml", file=sys.stderr)
         return 2
     from launcher import manifest, model_card, run_dir as runs
+    from launcher.callbacks import plot_loss_curve
     from launcher.distributed import runtime
     from launcher.logs import setup_logging
     from launcher.trainers import trainer_module
@@ -53,12 +54,19 @@ def main(argv: list[str]) -> int:
         if runtime.is_main():
             metrics["seconds"] = round(time.time() - started, 1)
             manifest.write(folder, cfg, metrics)
+            plot_loss_curve(folder)
             model_card.write(folder, cfg, metrics)
+            runs.write_state(folder, "finished", **metrics)
             if cfg.hub.push_to_hub:
+                # After the run is marked finished: a failed upload must not send a retry back into training.
                 from launcher.hub import push
 
-                push(folder, cfg)
-            runs.write_state(folder, "finished", **{k: v for k, v in metrics.items() if k != "log_history"})
+                try:
+                    metrics["pushed_to"] = push(folder, cfg)
+                except Exception as err:
+                    log.error("the run is saved in %s, but the upload to the hub failed: %s: %s. Retry with "
+                              "`tunelaunch push %s`.", folder, type(err).__name__, err, folder)
+                    return 3
         log.info("done in %.0f s: %s", time.time() - started, metrics)
     finally:
         runtime.teardown()

@@ -11,6 +11,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from launcher import models
+from launcher.callbacks import run_callbacks
 from launcher.config.schema import RunConfig
 from launcher.data.load import load_splits, sft_row
 from launcher.generate import stop_ids
@@ -46,7 +47,8 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
         dataset_num_proc=None,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                         processing_class=tokenizer, peft_config=models.lora_config(cfg))
+                         processing_class=tokenizer, peft_config=models.lora_config(cfg),
+                         callbacks=run_callbacks(cfg, tokenizer))
     log.info("training on %d rows (%s), %d validation rows", len(train_set), data.format,
              len(eval_set) if eval_set is not None else 0)
 

@@ -1,0 +1,80 @@
+"""Trainer callbacks every trainer can add, and the loss curve drawn from a finished run's history."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+
+class ValidationPromptCallback(TrainerCallback):
+    """At each evaluation, answer `training.validation_prompt` with the training template and log it, so a
+    run's progress can be read, not only its loss."""
+
+    def __init__(self, prompt: str, tokenizer, chat: bool, stop_ids: list[int], max_new_tokens: int = 48):
+        self.prompt, self.tokenizer, self.chat = prompt, tokenizer, chat
+        self.stop_ids, self.max_new_tokens = stop_ids, max_new_tokens
+        self.samples: list[dict] = []
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if model is None or not state.is_world_process_zero:
+            return
+        from launcher.generate import Generator
+
+        was_training = model.training
+        model.eval()
+        gen = Generator(model, self.tokenizer, self.stop_ids, self.chat)
+        answer = gen.complete(text=self.prompt, max_new_tokens=self.max_new_tokens)
+        if was_training:
+            model.train()
+        self.samples.append({"step": state.global_step, "prompt": self.prompt, "answer": answer})
+        log.info("validation sample at step %d: %r -> %r", state.global_step, self.prompt, answer)
+        out = Path(args.output_dir) / "validation_samples.jsonl"
+        with out.open("a") as fh:
+            fh.write(json.dumps(self.samples[-1]) + "\n")
+
+
+def run_callbacks(cfg, tokenizer) -> list[TrainerCallback]:
+    """The callbacks a run's configuration asks for."""
+    from launcher.generate import stop_ids
+
+    callbacks = []
+    if cfg.training.validation_prompt:
+        callbacks.append(ValidationPromptCallback(cfg.training.validation_prompt, tokenizer,
+                                                  cfg.data.chat_template != "none",
+                                                  stop_ids(tokenizer, cfg.data.chat_template)))
+    return callbacks
+
+
+def plot_loss_curve(run_dir: Path) -> Path | None:
+    """`loss_curve.png` from trainer_state.json: training loss per logged step, and eval loss when present."""
+    state_file = run_dir / "trainer_state.json"
+    if not state_file.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training nodes
+    import matplotlib.pyplot as plt
+
+    history = json.loads(state_file.read_text())["log_history"]
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), marker="o", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(run_dir.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = run_dir / "loss_curve.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,40 @@
+"""`tunelaunch merge RUN_DIR [--output DIR]`: fold a LoRA adapter into its base weights, as a standalone model.
+
+A merge that fails raises: the caller asked for a standalone model, and a run folder that silently still
+needs its base model is the failure AutoTrain users meet only when they deploy.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+class MergeError(RuntimeError):
+    pass
+
+
+def merge_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    run_dir = Path(run_dir)
+    adapter_config = run_dir / "adapter_config.json"
+    if not adapter_config.is_file():
+        raise MergeError(f"{run_dir} holds no LoRA adapter (adapter_config.json): nothing to merge")
+    output = Path(output) if output else run_dir / "merged"
+    if output.exists() and any(output.iterdir()):
+        raise MergeError(f"{output} exists and is not empty; choose another --output")
+    task = json.loads(adapter_config.read_text()).get("task_type")
+    loader = AutoPeftModelForSequenceClassification if task == "SEQ_CLS" else AutoPeftModelForCausalLM
+    try:
+        model = loader.from_pretrained(run_dir, dtype=torch.float32)
+        merged = model.merge_and_unload()
+    except Exception as err:  # any failure here means no standalone model: say so loudly
+        raise MergeError(f"merging the adapter of {run_dir} failed: {type(err).__name__}: {err}") from err
+    if any("lora_" in name for name, _ in merged.named_parameters()):
+        raise MergeError("the merged model still holds LoRA weights; the merge did not happen")
+    merged.save_pretrained(output)
+    AutoTokenizer.from_pretrained(run_dir).save_pretrained(output)
+    return output
