@@ -46,6 +46,7 @@ def _train_one(config, overrides) -> int:
     from launcher import run_dir as runs
     from launcher.config.autotrain import training_params
     from launcher.distributed.launch import accelerate_config, launch_command, render
+    from launcher.logs import tracker_environment
     from launcher.report import render_plan
 
     plan = _plan_or_exit(argparse.Namespace(config=config, overrides=overrides))
@@ -65,6 +66,7 @@ def _train_one(config, overrides) -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                       env.get("PYTHONPATH")]))
+    env.update(tracker_environment(plan.cfg.logging.report_to, folder, plan.cfg.project_name, env))
     token = plan.hub_token()
     if token:
         env["HF_TOKEN"] = token  # the one way the secret reaches the workers

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 from launcher.config.errors import Problem
@@ -66,6 +67,9 @@ def resolve(cfg: RunConfig, hw: Hardware) -> tuple[list[Problem], list[str]]:
     elif positions and cfg.data.block_size > positions:
         problems.append(Problem("data.block_size", f"{cfg.data.block_size} exceeds the {positions} positions the "
                                 f"model was built for (max_position_embeddings in its config.json)"))
+
+    if cfg.logging.report_to == "wandb" and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        notes.append("logging: wandb runs offline (no WANDB_API_KEY); upload later with `wandb sync <run>/wandb`")
 
     needed = {
         "bitsandbytes": cfg.quantization.mode != "none",

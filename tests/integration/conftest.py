@@ -19,6 +19,8 @@ def tiny_model() -> Path:
 def run_cli(*args, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """The real console entry point in a subprocess, as a user runs it."""
     full_env = dict(os.environ, **(env or {}))
+    for key in [k for k, v in full_env.items() if v is None]:  # None unsets a variable
+        del full_env[key]
     return subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 

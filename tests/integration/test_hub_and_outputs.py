@@ -99,3 +99,13 @@ def test_validation_prompt_is_answered_at_each_evaluation_and_the_loss_curve_is_
     assert "validation sample at step 2" in (run / "train.log").read_text()
     png = (run / "loss_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+@pytest.mark.parametrize("tracker, expected", [("tensorboard", "tensorboard/**/events.out.tfevents.*"),
+                                               ("wandb", "wandb/offline-run-*/run-*.wandb")])
+def test_trackers_log_into_the_run_folder_without_network(tmp_path, tracker, expected):
+    run = tmp_path / f"logged-{tracker}"
+    result = run_cli("train", "recipe=sft/chat_tiny", f"logger={tracker}", f"project_name={run}",
+                     "training.max_steps=2", cwd=tmp_path, env={"WANDB_API_KEY": None, "WANDB_MODE": None})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(run.glob(expected)), sorted(str(p.relative_to(run)) for p in run.rglob("*"))[:50]
