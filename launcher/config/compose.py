@@ -21,6 +21,7 @@ from launcher.config.parse import from_dict, unknown_key_message, walk_fields
 from launcher.config.schema import RunConfig
 
 GROUPS = ("trainer", "peft", "precision", "distributed", "logger")
+_SECTIONS = {f.name for f in dataclasses.fields(RunConfig)} - {"project_name", "overwrite"}  # the nested ones
 _BASE_NAME = "tunelaunch_schema_defaults"
 
 
@@ -58,8 +59,12 @@ def compose(config_file: str | Path | None = None, overrides: list[str] | tuple 
 
     secret_token = _pop(translation.values, "hub", "token")
 
-    cli_groups = {o.split("=", 1)[0].lstrip("+") for o in hydra_overrides if "=" in o}
+    cli_groups = {k: v for k, _, v in (o.lstrip("+").partition("=") for o in hydra_overrides) if k in GROUPS}
     file_groups = [f"{g}={v}" for g, v in translation.groups.items() if g not in cli_groups]
+    # A group chosen on the command line beats the file: drop the file's values for the keys that option sets.
+    for group, option in cli_groups.items():
+        for key in group_keys(group, option.split(",")[0]):
+            _pop(translation.values, *key.split("."))
     with tempfile.TemporaryDirectory(prefix="tunelaunch-compose-") as tmp:
         layers = [*file_groups]
         if recipe:
@@ -105,11 +110,16 @@ def load_config_file(path: Path) -> autotrain.Translation:
         for key, var in unset:
             translation.notes.append(f"{key}: ${{{var}}} is not set in the environment; taken as null.")
         return translation
+    problems = []
+    for key, value in list(doc.items()):
+        if key in _SECTIONS and value is not None and not isinstance(value, dict):
+            problems.append(Problem(key, f"expected a mapping of keys (a section), got {type(value).__name__}"))
+            del doc[key]
     groups = {}
     trainer = (doc.get("trainer") or {}).get("name") if isinstance(doc.get("trainer"), dict) else None
     if trainer:
         groups["trainer"] = trainer
-    return autotrain.Translation(values=doc, groups=groups)
+    return autotrain.Translation(values=doc, groups=groups, problems=problems)
 
 
 def check_override_keys(overrides: list[str]) -> list[Problem]:
@@ -139,6 +149,28 @@ def check_override_keys(overrides: list[str]) -> list[Problem]:
                 hint = f" Did you mean '{close[0]}'?" if close else ""
                 problems.append(Problem(key, f"unknown key.{hint}"))
     return problems
+
+
+def group_keys(group: str, option: str) -> list[str]:
+    """Dotted keys a conf/ group option sets (its `# @package` header decides where they land)."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    package = next((line.split("@package", 1)[1].strip() for line in text.splitlines()
+                    if line.startswith("# @package")), group)
+    prefix = "" if package == "_global_" else f"{package}."
+    return [prefix + k for k in _flatten(yaml.safe_load(text) or {})]
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def group_options(group: str) -> list[str]:
@@ -185,7 +217,8 @@ def _hydra_compose(overrides: list[str]) -> dict:
             cfg = hydra_compose(config_name="config", overrides=overrides)
             return OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError([Problem("overrides", str(err).splitlines()[0])]) from None
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        raise ConfigError([Problem("overrides", message)]) from None
 
 
 def _pop(tree: dict, *path: str):

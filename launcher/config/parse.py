@@ -23,7 +23,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> tuple[Any, list[Problem
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        return cls(), [Problem(prefix or "<root>", f"expected a mapping of keys, got {_show(data)}")]
+        return cls(), [Problem(prefix.rstrip(".") or "<root>", f"expected a mapping of keys, got {_show(data)}")]
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
@@ -34,7 +34,8 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> tuple[Any, list[Problem
             continue
         value, errs = _convert(hints[key], raw, path)
         problems += errs
-        if not errs:
+        # A section keeps its good values beside the bad ones, so the cross-field rules still see them.
+        if not errs or dataclasses.is_dataclass(hints[key]):
             values[key] = value
     return cls(**values), problems
 

@@ -1,0 +1,193 @@
+"""The real `tunelaunch` console script, run as a user runs it, on AutoTrain's documented config.yaml."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher.embedded import build_tiny_llama
+
+REPO = Path(__file__).resolve().parents[2]
+PREFERENCE = REPO / "samples" / "preference"
+PLANTED_TOKEN = "hf_tlTESTplanted0d15ea5e5ecret"
+PLANTED_USER = "tl-test-user"
+
+# The ORPO example of AutoTrain's "LLM Finetuning" page, verbatim.
+SEED_CONFIG = """\
+task: llm-orpo
+base_model: meta-llama/Meta-Llama-3-8B-Instruct
+project_name: autotrain-llama3-8b-orpo
+log: tensorboard
+backend: local
+
+data:
+  path: argilla/distilabel-capybara-dpo-7k-binarized
+  train_split: train
+  valid_split: null
+  chat_template: chatml
+  column_mapping:
+    text_column: chosen
+    rejected_text_column: rejected
+    prompt_text_column: prompt
+
+params:
+  block_size: 1024
+  model_max_length: 8192
+  max_prompt_length: 512
+  epochs: 3
+  batch_size: 2
+  lr: 3e-5
+  peft: true
+  quantization: int4
+  target_modules: all-linear
+  padding: right
+  optimizer: adamw_torch
+  scheduler: linear
+  gradient_accumulation: 4
+  mixed_precision: fp16
+
+hub:
+  username: ${HF_USERNAME}
+  token: ${HF_TOKEN}
+  push_to_hub: true
+"""
+PROJECT = "autotrain-llama3-8b-orpo"
+
+
+def edit(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+def seed_config(model: Path, block_size: int, model_max_length: int) -> str:
+    text = edit(SEED_CONFIG, "task: llm-orpo", "task: llm-sft")
+    text = edit(text, "base_model: meta-llama/Meta-Llama-3-8B-Instruct", f"base_model: {model}")
+    text = edit(text, "path: argilla/distilabel-capybara-dpo-7k-binarized", f"path: {PREFERENCE}")
+    text = edit(text, "block_size: 1024", f"block_size: {block_size}")
+    return edit(text, "model_max_length: 8192", f"model_max_length: {model_max_length}")
+
+
+def tunelaunch() -> list[str]:
+    script = Path(sys.executable).parent / "tunelaunch"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "launcher.cli"]
+
+
+def cli_env() -> dict:
+    # PYTHONPATH: the subprocess runs this checkout's code, whichever checkout the venv was installed from.
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, HF_TOKEN=PLANTED_TOKEN, HF_USERNAME=PLANTED_USER, PYTHONUNBUFFERED="1",
+                PYTHONPATH=path)
+
+
+class Run:
+    """One CLI run: exit code, output, wall time, and the folder it ran in."""
+
+    def __init__(self, args, cwd: Path):
+        self.cwd = cwd
+        start = time.monotonic()
+        out = subprocess.run([*tunelaunch(), *args], cwd=cwd, env=cli_env(), text=True,
+                             capture_output=True, timeout=120)
+        self.seconds = time.monotonic() - start
+        self.code, self.stdout, self.stderr = out.returncode, out.stdout, out.stderr
+
+    def result(self):
+        return self.code, self.stdout, self.stderr, self.seconds
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> Path:
+    return build_tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model):
+    # (a) the seed file: block_size lowered to 512 because the tiny model has only 512 positions
+    #     (1024 is rightly refused for it), model_max_length left at the seed's 8192.
+    good_dir = tmp_path_factory.mktemp("plan_ok")
+    (good_dir / "config.yaml").write_text(seed_config(tiny_model, 512, 8192))
+    # (b) block_size 4096 > model_max_length 1024. The model folder holds no weights at all: a plan that
+    #     tried to load them would crash instead of reporting the configuration problem.
+    bad_dir = tmp_path_factory.mktemp("plan_bad")
+    weightless = bad_dir / "weightless-model"
+    weightless.mkdir()
+    for f in tiny_model.iterdir():
+        if f.is_file() and not f.name.endswith((".safetensors", ".bin")):
+            shutil.copy(f, weightless / f.name)
+    (bad_dir / "config.yaml").write_text(seed_config(weightless, 4096, 1024))
+    # One after the other: run side by side they slow each other down and the timing check means less.
+    bad = Run(["plan", "--config", "config.yaml"], bad_dir)
+    good = Run(["plan", "--config", "config.yaml"], good_dir)
+    return {"good": good, "bad": bad}
+
+
+def test_seed_config_plans(runs):
+    code, stdout, stderr, _ = runs["good"].result()
+    assert code == 0, stderr
+    assert stdout.startswith("Plan (valid):")
+    assert "Launch command" in stdout
+    assert "launcher.worker" in stdout
+    assert f"{PROJECT}/config.yaml" in stdout
+    # the translation reached the plan
+    assert "trainer    sft (LoRA r=16, int4 base)" in stdout
+    assert f"{PREFERENCE}" in stdout and "30 train rows" in stdout
+    # AutoTrain's mixed_precision fp16: kept on a GPU, replaced by fp32 (and said so) on a CPU-only machine
+    assert "mixed_precision: fp16" in stdout or "precision: fp16 needs a GPU" in stdout
+    assert f"username: {PLANTED_USER}" in stdout
+
+
+def test_seed_config_plan_never_shows_the_token(runs):
+    code, stdout, stderr, _ = runs["good"].result()
+    assert code == 0, stderr
+    assert PLANTED_TOKEN not in stdout
+    assert PLANTED_TOKEN not in stderr
+    assert "token: <redacted>" in stdout  # the token was read, and redacted
+
+
+def test_plan_creates_no_run_folder(runs):
+    runs["good"].result()
+    assert not (runs["good"].cwd / PROJECT).exists()
+    assert sorted(p.name for p in runs["good"].cwd.iterdir()) == ["config.yaml"]
+
+
+def test_block_size_above_model_max_length_fails_fast_with_the_users_keys(runs):
+    code, stdout, stderr, seconds = runs["bad"].result()
+    assert code == 2, stderr
+    assert "params.block_size" in stderr and "params.model_max_length" in stderr
+    assert "4096" in stderr and "1024" in stderr
+    assert "Nothing was started." in stderr
+    assert "Launch command" not in stdout
+    assert PLANTED_TOKEN not in stdout + stderr
+    # No model was loaded: the weightless model folder did not make it crash, nothing says "Loading",
+    # no traceback, no run folder, and it was quick.
+    assert "Traceback" not in stderr
+    assert "Loading" not in stderr and "Loading" not in stdout
+    assert not (runs["bad"].cwd / PROJECT).exists()
+    assert seconds < 30
+
+
+def test_explain_prints_the_docstring(tmp_path):
+    out = subprocess.run([*tunelaunch(), "explain", "training.lr"], cwd=tmp_path, env=cli_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("training.lr  (a number, default 3.0e-05)")
+    assert "Peak learning rate. [lr]" in out.stdout
+    assert "training.lr" in out.stdout and "training.epochs" not in out.stdout
+
+
+def test_explain_unknown_key_fails(tmp_path):
+    out = subprocess.run([*tunelaunch(), "explain", "training.nosuch"], cwd=tmp_path, env=cli_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "training.nosuch" in out.stderr
+
+
+def test_recipes_lists_chat_tiny(tmp_path):
+    out = subprocess.run([*tunelaunch(), "recipes"], cwd=tmp_path, env=cli_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    names = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+    assert "sft/chat_tiny" in names
+    assert "tunelaunch train recipe=sft/chat_tiny" in out.stdout
