@@ -4,6 +4,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+# bitsandbytes' CPU backend warns at import that an optional kernel package is missing; it falls back to its own
+# kernel, so the line only alarms users (it was the first thing `prepare` printed).
+QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+
+
+def quiet_noisy_imports() -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
 
 def tracker_environment(report_to: str, run_dir: Path, project: str, environ: dict) -> dict:
     """Environment for the experiment tracker, so its files land in the run folder. wandb without an API key
@@ -20,6 +29,7 @@ def tracker_environment(report_to: str, run_dir: Path, project: str, environ: di
 
 
 def setup_logging(log_file: Path | None) -> None:
+    quiet_noisy_imports()
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file is not None:
         handlers.append(logging.FileHandler(log_file))

@@ -1,5 +1,8 @@
 """Find and read a split: AutoTrain's folder convention (`<path>/<split>.jsonl|.csv|.parquet`), one file,
-or a hub dataset id (`org/name`, optionally `org/name:config`).
+or a hub dataset id.
+
+A hub dataset takes its config either from the path (`org/name:config`) or, as AutoTrain does, from the split
+(`train_split: config:split`); the split may carry a slice (`train[:1000]`).
 
 Local JSONL and CSV are read here rather than by `datasets`, so that a malformed line is reported with its
 file and line number, and so that AutoTrain's chat example (JSONL lines that are bare message lists, which
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,6 +31,12 @@ class SplitSource:
     hub_id: Optional[str] = None
     hub_config: Optional[str] = None
     split: str = "train"
+    """The split as the hub names it (for a hub source, without the `config:` prefix)."""
+
+    def describe(self) -> str:
+        if self.file is not None:
+            return str(self.file)
+        return f"{self.hub_id}{':' + self.hub_config if self.hub_config else ''}[{self.split}]"
 
 
 def locate(path: str, split: str) -> SplitSource | None:
@@ -42,6 +52,9 @@ def locate(path: str, split: str) -> SplitSource | None:
     if path.startswith((".", "/", "~")) or p.suffix in EXTENSIONS:
         return None
     name, _, config = path.partition(":")
+    split_config, sep, split_name = split.partition(":")
+    if sep:  # AutoTrain's `config:split`
+        config, split = config or split_config, split_name
     return SplitSource(hub_id=name, hub_config=config or None, split=split)
 
 
@@ -51,12 +64,28 @@ def read_rows(file: Path) -> list[dict]:
         return _read_jsonl(file)
     if file.suffix == ".csv":
         with file.open(newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh))
+            try:
+                return list(csv.DictReader(fh))
+            except csv.Error as err:
+                raise DataFileError(f"{file}: not valid CSV ({err})") from None
     if file.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(file).to_pylist()
+        try:
+            return pq.read_table(file).to_pylist()
+        except (pa.ArrowException, OSError) as err:
+            raise DataFileError(f"{file}: not a readable parquet file ({err})") from None
     raise DataFileError(f"{file}: unsupported file type {file.suffix!r}; use one of {', '.join(EXTENSIONS)}")
+
+
+def read_hub_rows(source: SplitSource) -> list[dict]:
+    """A hub split as a list of rows (the worker's and `prepare`'s path; `plan` assumes no network)."""
+    import datasets
+
+    dataset = datasets.load_dataset(source.hub_id, source.hub_config, split=source.split,
+                                    token=os.environ.get("HF_TOKEN"))
+    return dataset.to_list()
 
 
 def _read_jsonl(file: Path) -> list[dict]:

@@ -2,6 +2,7 @@
 the trainers take (`text`, `messages`, `prompt`/`completion`, `prompt`/`chosen`/`rejected`)."""
 from __future__ import annotations
 
+import ast
 import json
 from dataclasses import dataclass
 from typing import Optional
@@ -30,6 +31,9 @@ FORMATS = (
     Format("text", ("text",), ("sft", "default")),
 )
 BY_NAME = {f.name: f for f in FORMATS}
+PREFERENCE_TRAINERS = ("reward", "dpo", "orpo")
+# AutoTrain names the preferred and rejected answers `text` and `rejected_text`.
+PREFERENCE_ALIASES = {"text": "chosen", "rejected_text": "rejected"}
 
 
 class RowError(ValueError):
@@ -37,12 +41,19 @@ class RowError(ValueError):
 
 
 def rename_map(cfg: DataConfig, trainer: str) -> dict[str, str]:
-    """User column -> canonical column, from `column_mapping` (AutoTrain's text/rejected_text/prompt)."""
+    """User column -> canonical column, from `column_mapping` (AutoTrain's text/rejected_text/prompt).
+
+    For sft, a prompt column makes the text column the completion (prompt/completion rows)."""
     cols = cfg.column_mapping
-    preference = trainer in ("reward", "dpo", "orpo")
+    preference = trainer in PREFERENCE_TRAINERS
     mapping = {}
-    if cols.text_column != "text" or (preference and cols.rejected_text_column):
-        mapping[cols.text_column] = "chosen" if preference else "text"
+    if preference:
+        if cols.text_column != "text" or cols.rejected_text_column:
+            mapping[cols.text_column] = "chosen"
+    elif cols.prompt_text_column:
+        mapping[cols.text_column] = "completion"
+    elif cols.text_column != "text":
+        mapping[cols.text_column] = "text"
     if cols.rejected_text_column:
         mapping[cols.rejected_text_column] = "rejected"
     if cols.prompt_text_column:
@@ -50,13 +61,22 @@ def rename_map(cfg: DataConfig, trainer: str) -> dict[str, str]:
     return mapping
 
 
+def apply_aliases(columns: list[str], trainer: str) -> dict[str, str]:
+    """Renames that make AutoTrain's preference columns (text, rejected_text) canonical, when unambiguous."""
+    if trainer not in PREFERENCE_TRAINERS or "chosen" in columns or "rejected" in columns:
+        return {}
+    if not set(PREFERENCE_ALIASES) <= set(columns):
+        return {}
+    return dict(PREFERENCE_ALIASES)
+
+
 def detect(columns: list[str], cfg: DataConfig, trainer: str, first_row: dict) -> Optional[Format]:
     """The format of data with these (already renamed) columns, or None when nothing fits."""
     if cfg.format != "auto":
         fmt = BY_NAME[cfg.format]
+        if fmt.name == "messages" and "text" in columns:
+            return fmt  # a text column holding the message lists
         return fmt if set(fmt.columns) <= set(columns) else None
-    if trainer == "reward" and {"text", "rejected_text"} <= set(columns):
-        return BY_NAME["reward_pair"]
     for fmt in FORMATS:
         if set(fmt.columns) <= set(columns):
             if fmt.name == "text" and _is_messages(first_row.get("text")):
@@ -67,31 +87,30 @@ def detect(columns: list[str], cfg: DataConfig, trainer: str, first_row: dict) -
 
 def normalise(row: dict, fmt: Format) -> dict:
     """One row in canonical columns; raises RowError when it does not fit."""
-    if fmt.name == "reward_pair" and "text" in row:
-        row = {"chosen": row["text"], "rejected": row.get("rejected_text")}
     if fmt.name == "messages":
         value = row.get("messages", row.get("text"))
         return {"messages": parse_messages(value)}
     if fmt.name == "alpaca":
-        return {"instruction": _text(row, "instruction"), "input": row.get("input") or "",
-                "output": _text(row, "output")}
+        return {"instruction": _text(row, "instruction", fmt), "input": row.get("input") or "",
+                "output": _text(row, "output", fmt)}
     out = {}
     for col in fmt.columns:
         value = row.get(col)
         if fmt.name in ("preference", "reward_pair") and _is_messages(value):
-            out[col] = parse_messages(value)
+            try:
+                out[col] = parse_messages(value, need_assistant=col != "prompt")
+            except RowError as err:
+                raise RowError(f"{col}: {err}") from None
         else:
-            out[col] = _text(row, col)
+            out[col] = _text(row, col, fmt)
     return out
 
 
-def parse_messages(value) -> list[dict]:
-    """A list of {role, content}; a JSON string of one is accepted (chat data in a CSV cell)."""
+def parse_messages(value, need_assistant: bool = True) -> list[dict]:
+    """A list of {role, content}; a string holding one (chat data in a CSV cell) is accepted as JSON or as
+    Python's repr (`[{'role': 'user', ...}]`, as AutoTrain's docs print it)."""
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise RowError("messages: a string that is not a JSON list of {role, content}") from None
+        value = _parse_list(value)
     if not isinstance(value, list) or not value:
         raise RowError(f"messages: expected a non-empty list of {{role, content}}, got {type(value).__name__}")
     for i, m in enumerate(value):
@@ -99,20 +118,34 @@ def parse_messages(value) -> list[dict]:
             raise RowError(f"messages[{i}]: expected {{role, content}}, got {m!r:.80}")
         if m["role"] not in ROLES:
             raise RowError(f"messages[{i}]: unknown role {m['role']!r}; use one of {', '.join(ROLES)}")
-    if not any(m["role"] == "assistant" for m in value):
+    if need_assistant and not any(m["role"] == "assistant" for m in value):
         raise RowError("messages: no assistant turn, so there is nothing to learn")
     return [{"role": m["role"], "content": str(m["content"])} for m in value]
+
+
+def _parse_list(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise RowError("messages: a string that is not a JSON list of {role, content}") from None
 
 
 def _is_messages(value) -> bool:
     if isinstance(value, list):
         return True
-    return isinstance(value, str) and value.lstrip().startswith("[{") and '"role"' in value
+    return (isinstance(value, str) and value.lstrip().startswith("[{")
+            and ('"role"' in value or "'role'" in value))
 
 
-def _text(row: dict, col: str) -> str:
-    value = row.get(col)
-    if value is None or (isinstance(value, str) and not value.strip()):
+def _text(row: dict, col: str, fmt: Format) -> str:
+    if col not in row or row[col] is None:
+        raise RowError(f"no '{col}' value ({fmt.name} rows need {', '.join(fmt.columns)} in every row)")
+    value = row[col]
+    if isinstance(value, str) and not value.strip():
         raise RowError(f"column '{col}' is empty")
     if not isinstance(value, str):
         raise RowError(f"column '{col}' should hold text, got {type(value).__name__}")

@@ -1,20 +1,27 @@
 """Read the splits, check every row, and turn them into the canonical rows a trainer takes.
 
 The same code serves the preflight (`check_data`, no tokenizer, no model) and the worker (`load_splits`), so
-what `plan` accepted is exactly what training reads.
+what `plan` accepted is exactly what training reads. The preflight also renders the conversations through the
+chosen chat template (the template text only, no tokenizer), so a template that cannot render a row fails
+before anything loads.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from launcher.config.errors import Problem
 from launcher.config.schema import RunConfig
 from launcher.data import formats
-from launcher.data.files import DataFileError, SplitSource, locate, read_rows
-from launcher.data.templates import alpaca_messages
+from launcher.data.files import DataFileError, SplitSource, locate, read_hub_rows, read_rows
+from launcher.data.templates import (
+    BUILTIN, alpaca_messages, get_template, has_generation_markers, model_chat_template, model_special_tokens, render,
+)
 
 MAX_ROW_ERRORS = 5
+RENDER_CHECK_ROWS = 2000
+"""Rows per split the preflight renders through the chat template (the rest are rendered when tokenised)."""
 
 
 @dataclass
@@ -22,7 +29,7 @@ class Split:
     name: str
     source: SplitSource
     rows: list = field(default_factory=list)
-    """Canonical rows (empty for a hub split, which is only read in the worker)."""
+    """Canonical rows (empty for a hub split until the worker or `prepare` reads it)."""
 
 
 @dataclass
@@ -49,20 +56,14 @@ def check_data(cfg: RunConfig) -> DataCheck:
         if source.file is not None:
             _check_rows(cfg, split, out)
         else:
-            out.notes.append(f"data: hub dataset {source.hub_id} split {split_name}: rows are checked when the "
-                             "worker loads them (no network at plan time is assumed)")
+            out.notes.append(f"data: hub dataset {source.describe()}: rows are checked when the worker (or "
+                             "`tunelaunch prepare`) reads them; plan assumes no network")
         if key == "data.train_split":
             out.train = split
         else:
             out.valid = split
-    if out.train and out.train.rows and d.num_validation_samples and out.valid is None:
-        if d.num_validation_samples >= len(out.train.rows):
-            out.problems.append(Problem("data.num_validation_samples",
-                                        f"{d.num_validation_samples} leaves no training rows out of "
-                                        f"{len(out.train.rows)}"))
-        else:  # the tail of train, as the hosted fine-tuning APIs do
-            out.valid = Split("tail-of-train", out.train.source, out.train.rows[-d.num_validation_samples:])
-            out.train.rows = out.train.rows[:-d.num_validation_samples]
+    _select_validation(cfg, out)
+    _check_packing(cfg, out)
     return out
 
 
@@ -71,15 +72,19 @@ def load_splits(cfg: RunConfig) -> DataCheck:
     checked = check_data(cfg)
     if checked.problems:
         raise DataFileError("\n".join(str(p) for p in checked.problems))
-    for split in (checked.train, checked.valid):
-        if split is not None and split.source.hub_id:
-            import datasets
-
-            raw = datasets.load_dataset(split.source.hub_id, split.source.hub_config, split=split.source.split)
-            _check_rows(cfg, split, checked, list(raw))
-            if checked.problems:
-                raise DataFileError("\n".join(str(p) for p in checked.problems))
+    fill_hub_rows(cfg, checked)
     return checked
+
+
+def fill_hub_rows(cfg: RunConfig, checked: DataCheck) -> None:
+    """Read and check the hub splits of an already checked plan (they are the only ones without rows)."""
+    hub = [s for s in (checked.train, checked.valid) if s is not None and s.source.hub_id and not s.rows]
+    for split in hub:
+        _check_rows(cfg, split, checked, read_hub_rows(split.source))
+    if hub:
+        _select_validation(cfg, checked)
+    if checked.problems:
+        raise DataFileError("\n".join(str(p) for p in checked.problems))
 
 
 def sft_row(row: dict, fmt: str, chat: bool) -> dict:
@@ -92,8 +97,40 @@ def sft_row(row: dict, fmt: str, chat: bool) -> dict:
     return row
 
 
+def preference_row(row: dict, conversational: bool) -> dict:
+    """A canonical preference row as the reward, dpo and orpo trainers (trl) take it: `prompt` (when the row has
+    one), `chosen`, `rejected` as strings, or, conversational, as message lists (a string prompt becomes the user
+    turn, a string answer the assistant turn: the conversations `conversations` renders at preflight)."""
+    keys = [k for k in ("prompt", "chosen", "rejected") if row.get(k) is not None]
+    if not conversational:
+        return {k: row[k] for k in keys}
+    role = {"prompt": "user", "chosen": "assistant", "rejected": "assistant"}
+    return {k: row[k] if isinstance(row[k], list) else [{"role": role[k], "content": row[k]}] for k in keys}
+
+
+def effective_template(cfg: RunConfig, fmt: Optional[str]) -> str:
+    """The template rows are rendered with: Alpaca rows under `none` get the alpaca template."""
+    if fmt == "alpaca" and cfg.data.chat_template == "none":
+        return "alpaca"
+    return cfg.data.chat_template
+
+
+def conversations(row: dict, fmt: str) -> list[list[dict]]:
+    """The message lists a chat template renders for one canonical row (two for preference rows)."""
+    if fmt in ("preference", "reward_pair"):
+        prompt = row.get("prompt")
+        prompt_msgs = [] if prompt is None else prompt if isinstance(prompt, list) else [
+            {"role": "user", "content": prompt}]
+        return [prompt_msgs + (row[k] if isinstance(row[k], list) else [{"role": "assistant", "content": row[k]}])
+                for k in ("chosen", "rejected")]
+    sample = sft_row(row, fmt, chat=True)
+    return [sample["messages"]] if "messages" in sample else []
+
+
+# ---- checks
+
 def _check_rows(cfg: RunConfig, split: Split, out: DataCheck, raw_rows: list | None = None) -> None:
-    where = split.source.file or f"{split.source.hub_id}[{split.source.split}]"
+    where = split.source.describe()
     if raw_rows is None:
         try:
             raw_rows = read_rows(split.source.file)
@@ -101,17 +138,19 @@ def _check_rows(cfg: RunConfig, split: Split, out: DataCheck, raw_rows: list | N
             out.problems.append(Problem("data.path", str(err)))
             return
     if not raw_rows:
-        out.problems.append(Problem("data.path", f"{where}: no rows"))
+        out.problems.append(Problem("data.path", f"{where}: no rows (an empty dataset): nothing to train on"))
         return
+    found = list(dict.fromkeys(k for r in raw_rows for k in r))  # every column, in order of appearance
     rename = formats.rename_map(cfg.data, cfg.trainer.name)
-    found = list(raw_rows[0])
     missing = [src for src in rename if src not in found]
     if missing:
-        out.problems.append(Problem("data.column_mapping", (
-            f"{where}: column(s) {', '.join(missing)} not found; the file has: {', '.join(found)}")))
+        out.problems.append(Problem("data.column_mapping", _missing_mapped(cfg, where, missing, found)))
         return
+    rename.update({k: v for k, v in formats.apply_aliases([rename.get(c, c) for c in found],
+                                                          cfg.trainer.name).items() if k not in rename})
     rows = [{rename.get(k, k): v for k, v in r.items()} for r in raw_rows]
-    fmt = formats.detect(list(rows[0]), cfg.data, cfg.trainer.name, rows[0])
+    columns = [rename.get(c, c) for c in found]
+    fmt = formats.detect(columns, cfg.data, cfg.trainer.name, rows[0])
     if fmt is None:
         out.problems.append(Problem("data.column_mapping", _no_format_message(where, found, cfg)))
         return
@@ -129,11 +168,17 @@ def _check_rows(cfg: RunConfig, split: Split, out: DataCheck, raw_rows: list | N
             split.rows.append(formats.normalise(row, fmt))
         except formats.RowError as err:
             errors.append(f"{where}: row {number}: {err}")
+    _add_row_errors(out, where, errors)
+    if not errors:
+        _check_template(cfg, fmt.name, out)
+        _check_rendering(cfg, fmt.name, split, out)
+
+
+def _add_row_errors(out: DataCheck, where: str, errors: list[str], key: str = "data") -> None:
     for message in errors[:MAX_ROW_ERRORS]:
-        out.problems.append(Problem("data", message))
+        out.problems.append(Problem(key, message))
     if len(errors) > MAX_ROW_ERRORS:
-        out.problems.append(Problem("data", f"{where}: {len(errors) - MAX_ROW_ERRORS} more rows with problems"))
-    _check_template(cfg, fmt.name, out)
+        out.problems.append(Problem(key, f"{where}: {len(errors) - MAX_ROW_ERRORS} more rows with problems"))
 
 
 def _check_template(cfg: RunConfig, fmt: str, out: DataCheck) -> None:
@@ -150,9 +195,144 @@ def _check_template(cfg: RunConfig, fmt: str, out: DataCheck) -> None:
             out.notes.append(note)
 
 
-def _not_found(path: str, split: str) -> str:
-    from pathlib import Path
+def _template_source(cfg: RunConfig, name: str, out: DataCheck) -> Optional[tuple[str, dict]]:
+    """The Jinja text of the template rows will be rendered with, and the model's special tokens, when they
+    can be read without loading anything; None (with a note or a problem) otherwise."""
+    model = cfg.model.name_or_path
+    local = bool(model) and Path(model).expanduser().is_dir() and not cfg.model.gguf_file
+    special = model_special_tokens(model) if local else {}
+    if name != "tokenizer":
+        if name not in BUILTIN and not Path(name).expanduser().is_file():
+            return None  # validation reports the missing file
+        return get_template(name).jinja, special
+    if not local:
+        _note(out, f"data: the model's own chat template is checked when its tokenizer loads ({model} is not a "
+                   "local folder of safetensors)")
+        return None
+    jinja = model_chat_template(model)
+    if jinja is None:
+        problem = Problem("data.chat_template", f"'tokenizer' means the model's own chat template, but {model} "
+                          "has none: use chatml, zephyr, alpaca or a Jinja file")
+        if problem not in out.problems:
+            out.problems.append(problem)
+        return None
+    return jinja, special
 
+
+def _check_rendering(cfg: RunConfig, fmt: str, split: Split, out: DataCheck) -> None:
+    """Render the first rows' conversations through the template: a row it cannot render, or one in which it
+    marks nothing to train, is a problem now rather than an exception in every worker later."""
+    name = effective_template(cfg, fmt)
+    if name == "none" or fmt == "text":
+        return
+    source = _template_source(cfg, name, out)
+    if source is None:
+        return
+    jinja, special = source
+    from jinja2 import TemplateError, TemplateSyntaxError
+
+    where = split.source.describe()
+    markers = has_generation_markers(jinja)
+    completion_only = cfg.trainer.train_on == "completion" and cfg.trainer.name == "sft"
+    errors = []
+    for number, row in enumerate(split.rows[:RENDER_CHECK_ROWS], start=1):
+        for conversation in conversations(row, fmt):
+            try:
+                text, spans = render(jinja, conversation, special=special)
+                if completion_only and not markers and not _prefix_preserving(jinja, conversation, special, text):
+                    if name == "tokenizer":
+                        _note(out, "data: the model's chat template has no {% generation %} markers and renders "
+                                   "earlier turns differently depending on what follows; training uses trl's "
+                                   "training variant of it if trl knows it, else stops before loading the model "
+                                   "(chatml, zephyr, alpaca or trainer.train_on=all avoid this)")
+                        return
+                    errors.append(f"{where}: row {number}: the {name} template renders earlier turns differently "
+                                  "depending on what follows, so the assistant replies cannot be located: add "
+                                  "{% generation %} ... {% endgeneration %} around them, or set trainer.train_on=all")
+                elif completion_only and markers and not spans:
+                    errors.append(f"{where}: row {number}: the {name} template marks no assistant reply in this "
+                                  "conversation, so nothing would be trained")
+            except TemplateSyntaxError as err:
+                out.problems.append(Problem("data.chat_template", f"{name}: not a valid Jinja template (line "
+                                            f"{err.lineno}: {err.message})"))
+                return
+            except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
+                errors.append(f"{where}: row {number}: the {name} template cannot render this conversation "
+                              f"({type(err).__name__}: {err})")
+        if len(errors) > MAX_ROW_ERRORS:
+            break
+    _add_row_errors(out, where, errors, key="data.chat_template")
+    if completion_only and not markers and not errors:
+        _note(out, f"data: the {name} template has no {{% generation %}} markers: the assistant replies to train "
+                   "are marked by trl's training variant of it when trl knows the template, else located by "
+                   "rendering each conversation up to each reply")
+
+
+def _prefix_preserving(jinja: str, conversation: list[dict], special: dict, full: str) -> bool:
+    for i, message in enumerate(conversation):
+        if message["role"] != "assistant":
+            continue
+        before = render(jinja, conversation[:i], add_generation_prompt=True, special=special)[0] if i else ""
+        upto = render(jinja, conversation[:i + 1], special=special)[0]
+        if not upto.startswith(before) or not full.startswith(upto):
+            return False
+    return True
+
+
+def _select_validation(cfg: RunConfig, out: DataCheck) -> None:
+    """num_validation_samples: from the TAIL of train when there is no validation split (as the hosted
+    fine-tuning APIs do), from the head of the validation split otherwise."""
+    n = cfg.data.num_validation_samples
+    if not n or out.train is None or not out.train.rows:
+        return
+    if out.valid is None:
+        if n >= len(out.train.rows):
+            out.problems.append(Problem("data.num_validation_samples",
+                                        f"{n} leaves no training rows out of {len(out.train.rows)}"))
+            return
+        out.valid = Split("tail-of-train", out.train.source, out.train.rows[-n:])
+        out.train.rows = out.train.rows[:-n]
+        _note(out, f"data: the last {n} training rows are held out for validation")
+    elif out.valid.rows and len(out.valid.rows) > n and out.valid.name != "tail-of-train":
+        out.valid.rows = out.valid.rows[:n]
+        _note(out, f"data: validation uses the first {n} rows of {out.valid.name}")
+
+
+def _check_packing(cfg: RunConfig, out: DataCheck) -> None:
+    d = cfg.data
+    if d.chunk_size is not None:
+        if d.chunk_size < 1:
+            out.problems.append(Problem("data.chunk_size", f"must be a positive length, got {d.chunk_size}"))
+            return
+        if d.chunk_size > cfg.model.max_length:
+            out.problems.append(Problem("data.chunk_size / model.max_length", (
+                f"chunk_size {d.chunk_size} exceeds model max length {cfg.model.max_length}")))
+            return
+    if not d.packing:
+        for key, value in (("wrap_packed_sequences", d.wrap_packed_sequences), ("chunk_size", d.chunk_size)):
+            if value:
+                _note(out, f"data: {key} is ignored because data.packing is off")
+        return
+    length = d.chunk_size or d.block_size
+    if cfg.trainer.name != "sft":
+        _note(out, f"data: packing applies to the sft trainer only; the {cfg.trainer.name} trainer ignores it")
+    elif d.wrap_packed_sequences:
+        _note(out, f"data: packing (wrapped): all samples are concatenated and cut into blocks of {length} tokens; "
+                   "every block is full, but samples are split across blocks and attend to their neighbours")
+    else:
+        _note(out, f"data: packing: samples are packed best-fit into sequences of up to {length} tokens; position "
+                   f"ids restart at each sample, so with {cfg.model.attn_implementation} attention no sample attends "
+                   "to another (padding-free, no pad tokens computed)")
+
+
+def _note(out: DataCheck, note: str) -> None:
+    if note not in out.notes:
+        out.notes.append(note)
+
+
+# ---- messages
+
+def _not_found(path: str, split: str) -> str:
     p = Path(path).expanduser()
     if p.is_dir():
         present = sorted(x.name for x in p.iterdir() if x.is_file())
@@ -161,16 +341,37 @@ def _not_found(path: str, split: str) -> str:
     return f"{path} does not exist (give a folder of <split>.jsonl|.csv|.parquet, a file, or a hub dataset id)"
 
 
+def _missing_mapped(cfg: RunConfig, where: str, missing: list[str], found: list[str]) -> str:
+    cols = cfg.data.column_mapping
+    keys = {cols.text_column: "text_column", cols.rejected_text_column: "rejected_text_column",
+            cols.prompt_text_column: "prompt_text_column"}
+    named = ", ".join(f"data.column_mapping.{keys.get(m, 'text_column')}={m}" for m in missing)
+    return (f"{where}: {named} names a column the file does not have; its columns are: {', '.join(found)}. "
+            f"Map one of those instead, e.g. data.column_mapping.{keys.get(missing[0], 'text_column')}="
+            f"{_text_like(found)[0] if _text_like(found) else '<column>'}")
+
+
+def _text_like(found: list[str]) -> list[str]:
+    return [c for c in found if c not in ("id", "index", "idx", "source", "category")]
+
+
 def _no_format_message(where, found: list[str], cfg: RunConfig) -> str:
+    trainer = cfg.trainer.name
     needs = {"sft": "text, messages, prompt+completion or instruction+output",
              "default": "text", "reward": "text+rejected_text or chosen+rejected",
-             "dpo": "prompt+chosen+rejected", "orpo": "prompt+chosen+rejected"}[cfg.trainer.name]
-    text_like = [c for c in found if c not in ("id", "index")]
-    example = text_like[0] if text_like else "<column>"
-    fix = f"data.column_mapping.text_column={example}"
-    if cfg.trainer.name in ("dpo", "orpo"):
-        fix += " data.column_mapping.prompt_text_column=<column> data.column_mapping.rejected_text_column=<column>"
-    elif cfg.trainer.name == "reward":
-        fix += " data.column_mapping.rejected_text_column=<column>"
-    return (f"{where}: no column layout the {cfg.trainer.name} trainer understands; it needs {needs}, the file "
+             "dpo": "prompt+chosen+rejected (or prompt+text+rejected_text)",
+             "orpo": "prompt+chosen+rejected (or prompt+text+rejected_text)"}[trainer]
+    cols = _text_like(found) or ["<column>"]
+    first, second, third = (cols + ["<column>"] * 3)[:3]
+    if trainer in ("dpo", "orpo"):
+        fix = (f"data.column_mapping.prompt_text_column={first} data.column_mapping.text_column={second} "
+               f"data.column_mapping.rejected_text_column={third}")
+    elif trainer == "reward":
+        fix = f"data.column_mapping.text_column={first} data.column_mapping.rejected_text_column={second}"
+    elif trainer == "sft" and len(cols) >= 2:
+        fix = (f"data.column_mapping.text_column={first} (one text column), or data.column_mapping.prompt_text_"
+               f"column={first} data.column_mapping.text_column={second} (prompt and completion)")
+    else:
+        fix = f"data.column_mapping.text_column={first}"
+    return (f"{where}: no column layout the {trainer} trainer understands; it needs {needs}, the file "
             f"has: {', '.join(found)}. Map yours, e.g. {fix}")

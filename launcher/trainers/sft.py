@@ -6,17 +6,17 @@ unless trainer.train_on=all.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
-
-from datasets import Dataset
 
 from launcher import models
 from launcher.callbacks import run_callbacks
 from launcher.config.schema import RunConfig
-from launcher.data.load import load_splits, sft_row
-from launcher.generate import stop_ids
+from launcher.data.load import load_splits
+from launcher.data.processed import main_process_first, packing_strategy, prepare_sft
+from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
-from launcher.trainers.common import save_final, training_kwargs
+from launcher.trainers.common import planned_steps, save_final, training_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -24,36 +24,43 @@ log = logging.getLogger(__name__)
 def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
     from trl import SFTConfig, SFTTrainer
 
-    # ---- data: canonical rows, rendered by the chat template inside the trainer
+    # ---- data: rows checked as the plan checked them, rendered and masked by launcher.data.encode, truncated
+    # with counts, packed through trl, cached (the main process prepares first, the others load its cache)
     data = load_splits(cfg)
-    chat = cfg.data.chat_template != "none"
-    train_set = Dataset.from_list([sft_row(r, data.format, chat) for r in data.train.rows])
-    eval_set = Dataset.from_list([sft_row(r, data.format, chat) for r in data.valid.rows]) if data.valid else None
-    conversational = "messages" in train_set.column_names
-
-    # ---- model and tokenizer
     tokenizer = models.load_tokenizer(cfg)
-    model = models.load_model(cfg, tokenizer)
-    model.generation_config.eos_token_id = stop_ids(tokenizer, cfg.data.chat_template)
-    completion_only = cfg.trainer.train_on == "completion"
-
-    # ---- trainer
+    # The config comes first because it sets up the process state main_process_first needs; the labels already
+    # carry the loss mask, so trl's own preparation is skipped (its collator still packs padding-free).
     args = SFTConfig(
-        **training_kwargs(cfg, run_dir, len(train_set), eval_set is not None, runtime.world_size()),
-        max_length=cfg.data.block_size,
+        **training_kwargs(cfg, run_dir, len(data.train.rows), data.valid is not None, runtime.world_size()),
+        max_length=(cfg.data.chunk_size or cfg.data.block_size) if cfg.data.packing else cfg.data.block_size,
         packing=cfg.data.packing,
-        assistant_only_loss=completion_only and conversational,
-        completion_only_loss=completion_only if not conversational else None,
+        packing_strategy=packing_strategy(cfg) if cfg.data.packing else "bfd",
+        assistant_only_loss=False,
+        completion_only_loss=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
         dataset_num_proc=None,
     )
+    with main_process_first():
+        prepared = prepare_sft(cfg, tokenizer, data)
+    for line in prepared.summary():
+        log.info(line)
+    train_set, eval_set = prepared.train, prepared.valid
+    args.warmup_steps = math.ceil(cfg.training.warmup_ratio * planned_steps(cfg, len(train_set), runtime.world_size()))
+
+    # ---- model
+    model = models.load_model(cfg, tokenizer)
+    model.generation_config.eos_token_id = stop_tokens(tokenizer, cfg.data.chat_template)
+
+    # ---- trainer
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                          processing_class=tokenizer, peft_config=models.lora_config(cfg),
                          callbacks=run_callbacks(cfg, tokenizer))
-    log.info("training on %d rows (%s), %d validation rows", len(train_set), data.format,
-             len(eval_set) if eval_set is not None else 0)
+    log.info("training on %d sequences (%d %s rows), %d validation sequences", len(train_set),
+             len(data.train.rows), data.format, len(eval_set) if eval_set is not None else 0)
 
     # ---- train and save
     result = trainer.train(resume_from_checkpoint=resume_from)
     kind = save_final(trainer, cfg, run_dir, tokenizer)
     return {"train_loss": result.training_loss, "global_step": result.global_step, "saved": kind,
-            "data_format": data.format, "train_rows": len(train_set)}
+            "data_format": data.format, "train_rows": len(data.train.rows), "train_sequences": len(train_set),
+            "truncated_samples": prepared.stats["train"].truncated, "data_cache": str(prepared.folder)}

@@ -1,0 +1,383 @@
+"""The processed sft datasets: every row encoded (`encode.py`), truncated to the sample limit with counts, packed
+through trl when asked, and cached on disk so that tokenisation runs once.
+
+The cache lives in `data.cache_dir` (default `<cache root>/data`), one folder per key. The key is a hash of the
+canonical rows (so of the data files and the column mapping), the tokenizer, the chat template, the lengths,
+the packing options, train_on/add_eos_token, the trainer and this code; any change makes a new folder, and a
+second run with the same key loads the folder instead of tokenising. Under several processes the caller wraps
+`prepare_sft` in a main-process-first block: the main process builds the folder, the others then load it.
+
+Folder layout: `train/` and `valid/` are what the trainer takes (input_ids, labels and, packed, seq_lengths);
+with packing `train-samples/` and `valid-samples/` keep the unpacked samples that `prepare --show` prints;
+`stats.json` holds the counts; `key.json` what the key was made of.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from launcher.config.schema import RunConfig
+from launcher.data.encode import IGNORE, EncodeError, SFTEncoder
+from launcher.data.load import DataCheck, effective_template
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid")
+
+
+@dataclass
+class SplitStats:
+    """What preparation did to one split; `prepare` prints it and the worker logs it."""
+    rows: int = 0
+    """Canonical rows in."""
+    samples: int = 0
+    """Samples out (rows minus the dropped ones)."""
+    limit: int = 0
+    """Longest sample kept (block_size; with best-fit packing at most chunk_size); 0 = not cut (wrapped)."""
+    truncated: int = 0
+    """Samples longer than the limit, cut to it (their tail is not trained)."""
+    truncated_tokens: int = 0
+    dropped: int = 0
+    """Samples left with no trained token after truncation (a prompt alone filling the limit); not trained."""
+    real_tokens: int = 0
+    """Tokens of the kept samples after truncation."""
+    trained_tokens: int = 0
+    lengths: list = field(default_factory=list)
+    """Token length of every row before truncation."""
+    packing: str = "none"
+    """none, bfd (best fit, padding-free) or wrapped."""
+    seq_length: int = 0
+    """Length of a packed sequence (chunk_size or block_size); 0 without packing."""
+    sequences: int = 0
+    """Rows the trainer sees: packed sequences, or samples."""
+    split_samples: int = 0
+    """wrapped: samples cut across a block boundary."""
+    computed_tokens: int = 0
+    """Tokens the model computes over an epoch, pad included, with batches of batch_size in file order."""
+    unpacked_computed_tokens: int = 0
+    """The same without packing (padded to the longest sample of each batch), for comparison."""
+
+    @property
+    def efficiency(self) -> float:
+        return self.real_tokens / self.computed_tokens if self.computed_tokens else 0.0
+
+    @property
+    def unpacked_efficiency(self) -> float:
+        return self.real_tokens / self.unpacked_computed_tokens if self.unpacked_computed_tokens else 0.0
+
+    @property
+    def fill(self) -> float:
+        """Packed sequences' fill: real tokens / (sequences x seq_length)."""
+        return self.real_tokens / (self.sequences * self.seq_length) if self.sequences and self.seq_length else 0.0
+
+    def summary(self, name: str) -> list[str]:
+        lines = [f"{name}: {self.rows} rows -> {self.samples} samples, {self.real_tokens} tokens "
+                 f"({self.trained_tokens} trained)"]
+        if self.limit:
+            lines.append(f"{name}: {self.truncated} of {self.rows} samples truncated to {self.limit} tokens "
+                         f"({self.truncated_tokens} tokens cut)"
+                         + (f"; {self.dropped} dropped with nothing left to train" if self.dropped else ""))
+        if self.packing == "bfd":
+            lines.append(f"{name}: packed {self.samples} samples into {self.sequences} sequences of up to "
+                         f"{self.seq_length} tokens ({self.fill:.0%} full); padding-free, so real/computed tokens = "
+                         f"{self.efficiency:.0%} (unpacked batches: {self.unpacked_efficiency:.0%})")
+        elif self.packing == "wrapped":
+            lines.append(f"{name}: wrapped {self.samples} samples into {self.sequences} blocks of {self.seq_length} "
+                         f"tokens, {self.split_samples} samples split across blocks; real/computed tokens = "
+                         f"{self.efficiency:.0%} (unpacked batches: {self.unpacked_efficiency:.0%})")
+        else:
+            lines.append(f"{name}: not packed; real/computed tokens = {self.efficiency:.0%} with batches padded to "
+                         "their longest sample (file order)")
+        return lines
+
+
+@dataclass
+class Prepared:
+    train: object
+    """datasets.Dataset the trainer takes."""
+    valid: Optional[object]
+    samples: dict
+    """Split name -> unpacked samples (the same datasets as train/valid without packing)."""
+    stats: dict
+    """Split name -> SplitStats."""
+    folder: Optional[Path]
+    """The cache folder (None when the cache could not be written)."""
+    reused: bool
+    """True when the folder existed and nothing was tokenised."""
+    key: str = ""
+
+    def summary(self) -> list[str]:
+        lines = [line for name, s in self.stats.items() for line in s.summary(name)]
+        where = f"cache {self.folder}" if self.folder else "not cached"
+        lines.append(f"data: {'reused' if self.reused else 'tokenised into'} {where}")
+        return lines
+
+
+def cache_folder(cfg: RunConfig) -> Path:
+    if cfg.data.cache_dir:
+        return Path(cfg.data.cache_dir).expanduser()
+    from launcher.embedded import cache_root
+
+    return cache_root() / "data"
+
+
+def sample_limit(cfg: RunConfig) -> int:
+    """Longest sample kept: block_size, and with best-fit packing at most chunk_size; 0 for wrapped packing
+    (which cuts the concatenation into blocks instead of truncating samples)."""
+    d = cfg.data
+    if d.packing and d.wrap_packed_sequences:
+        return 0
+    if d.packing and d.chunk_size:
+        return min(d.block_size, d.chunk_size)
+    return d.block_size
+
+
+def packing_strategy(cfg: RunConfig) -> str:
+    if not cfg.data.packing:
+        return "none"
+    return "wrapped" if cfg.data.wrap_packed_sequences else "bfd"
+
+
+def cache_key(cfg: RunConfig, tokenizer, data: DataCheck) -> tuple[str, dict]:
+    """The hex key and what went into it (written beside the data as key.json)."""
+    import tokenizers
+    import transformers
+    import trl
+
+    d = cfg.data
+    parts = {
+        "format_version": FORMAT_VERSION,
+        "code": _code_hash(),
+        "rows": {name: _rows_hash(split.rows) for name, split in _splits(data).items()},
+        "format": data.format,
+        "tokenizer": _tokenizer_hash(tokenizer),
+        "template": [effective_template(cfg, data.format), _sha(tokenizer.chat_template or "")],
+        "lengths": {"block_size": d.block_size, "chunk_size": d.chunk_size, "limit": sample_limit(cfg),
+                    "max_prompt_length": d.max_prompt_length, "max_completion_length": d.max_completion_length},
+        "packing": packing_strategy(cfg),
+        "train_on": cfg.trainer.train_on,
+        "add_eos_token": d.add_eos_token,
+        "trainer": cfg.trainer.name,
+        "batch_size": cfg.training.batch_size,  # only the efficiency figures depend on it
+        "versions": [transformers.__version__, tokenizers.__version__, trl.__version__],
+    }
+    return _sha(json.dumps(parts, sort_keys=True))[:20], parts
+
+
+def prepare_sft(cfg: RunConfig, tokenizer, data: DataCheck, use_cache: bool = True) -> Prepared:
+    """The sft train/valid datasets, from the cache when it holds them, else built (and cached)."""
+    key, parts = cache_key(cfg, tokenizer, data)
+    root = cache_folder(cfg)
+    folder = root / key
+    if use_cache and (folder / "stats.json").is_file():
+        try:
+            return _load(folder, key)
+        except Exception as err:  # a damaged folder is rebuilt, not fatal
+            log.warning("data cache %s is unreadable (%s): tokenising again", folder, err)
+            _discard(folder)
+    with _quiet_datasets():
+        built = _build(cfg, tokenizer, data)
+    if not use_cache:
+        return Prepared(*built, folder=None, reused=False, key=key)
+    try:
+        with _quiet_datasets():
+            _save(folder, key, parts, *built)
+    except OSError as err:
+        log.warning("could not write the data cache under %s (%s): continuing without it", root, err)
+        return Prepared(*built, folder=None, reused=False, key=key)
+    return _load(folder, key, reused=False)
+
+
+# ---- building
+
+def _build(cfg: RunConfig, tokenizer, data: DataCheck):
+    from datasets import Dataset
+
+    encoder = SFTEncoder(tokenizer, data.format, effective_template(cfg, data.format), cfg.trainer.train_on,
+                         cfg.data.add_eos_token)
+    limit, strategy = sample_limit(cfg), packing_strategy(cfg)
+    seq_length = (cfg.data.chunk_size or cfg.data.block_size) if strategy != "none" else 0
+    out, samples, stats = {}, {}, {}
+    for name, split in _splits(data).items():
+        st = SplitStats(rows=len(split.rows), limit=limit, packing=strategy, seq_length=seq_length)
+        columns = {"input_ids": [], "labels": []}
+        for number, row in enumerate(split.rows, start=1):
+            try:
+                enc = encoder(row)
+            except EncodeError as err:
+                raise EncodeError(f"{split.source.describe()}: row {number}: {err}") from None
+            st.lengths.append(len(enc.input_ids))
+            ids, labels = enc.input_ids, enc.labels
+            if limit and len(ids) > limit:
+                st.truncated += 1
+                st.truncated_tokens += len(ids) - limit
+                ids, labels = ids[:limit], labels[:limit]
+            # The first label is never predicted (labels shift by one inside the model).
+            if not any(x != IGNORE for x in labels[1:]):
+                st.dropped += 1
+                continue
+            columns["input_ids"].append(ids)
+            columns["labels"].append(labels)
+            st.real_tokens += len(ids)
+            st.trained_tokens += sum(1 for x in labels[1:] if x != IGNORE)
+        st.samples = len(columns["input_ids"])
+        if not st.samples:
+            raise EncodeError(f"{split.source.describe()}: no sample has a trained token left within {limit} "
+                              "tokens: raise data.block_size")
+        dataset = Dataset.from_dict(columns)
+        samples[name] = dataset
+        lengths = [len(x) for x in columns["input_ids"]]
+        st.unpacked_computed_tokens = _padded_tokens(lengths, cfg.training.batch_size)
+        if strategy == "none":
+            out[name] = dataset
+            st.sequences, st.computed_tokens = st.samples, st.unpacked_computed_tokens
+        else:
+            from trl.data_utils import pack_dataset
+
+            packed = pack_dataset(dataset, seq_length, strategy)
+            out[name] = packed
+            st.sequences = len(packed)
+            packed_lengths = [len(x) for x in packed["input_ids"]]
+            # bfd is padding-free (a batch is one flattened sequence); wrapped batches pad to their longest.
+            st.computed_tokens = (sum(packed_lengths) if strategy == "bfd"
+                                  else _padded_tokens(packed_lengths, cfg.training.batch_size))
+            if strategy == "wrapped":
+                st.split_samples = _split_across(lengths, seq_length)
+        stats[name] = st
+    return out.get("train"), out.get("valid"), samples, stats
+
+
+def _padded_tokens(lengths: list[int], batch_size: int) -> int:
+    return sum(len(lengths[i:i + batch_size]) * max(lengths[i:i + batch_size])
+               for i in range(0, len(lengths), batch_size))
+
+
+def _split_across(lengths: list[int], block: int) -> int:
+    n, pos = 0, 0
+    for length in lengths:
+        if pos // block != (pos + length - 1) // block:
+            n += 1
+        pos += length
+    return n
+
+
+# ---- cache folder
+
+def _save(folder: Path, key: str, parts: dict, train, valid, samples: dict, stats: dict) -> None:
+    if (folder / "stats.json").is_file():
+        return  # another process finished it first
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=folder.parent))
+    try:
+        for name, dataset in (("train", train), ("valid", valid)):
+            if dataset is None:
+                continue
+            dataset.save_to_disk(str(tmp / name))
+            if samples[name] is not dataset:
+                samples[name].save_to_disk(str(tmp / f"{name}-samples"))
+        (tmp / "key.json").write_text(json.dumps(parts, indent=1, sort_keys=True))
+        (tmp / "stats.json").write_text(json.dumps({n: asdict(s) for n, s in stats.items()}))
+        tmp.chmod(0o755)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "stats.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _discard(folder: Path) -> None:
+    aside = folder.with_name(f".damaged-{folder.name}-{os.getpid()}")
+    try:
+        os.replace(folder, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _load(folder: Path, key: str, reused: bool = True) -> Prepared:
+    from datasets import Dataset
+
+    stats = {n: SplitStats(**s) for n, s in json.loads((folder / "stats.json").read_text()).items()}
+    ready, samples = {}, {}
+    for name in stats:
+        ready[name] = Dataset.load_from_disk(str(folder / name))
+        unpacked = folder / f"{name}-samples"
+        samples[name] = Dataset.load_from_disk(str(unpacked)) if unpacked.is_dir() else ready[name]
+    return Prepared(ready.get("train"), ready.get("valid"), samples, stats, folder, reused, key)
+
+
+# ---- hashing
+
+def _splits(data: DataCheck) -> dict:
+    return {name: split for name, split in (("train", data.train), ("valid", data.valid)) if split is not None}
+
+
+def _sha(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
+def _rows_hash(rows: list) -> str:
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _tokenizer_hash(tokenizer) -> str:
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps({k: str(v) for k, v in tokenizer.special_tokens_map.items()}, sort_keys=True).encode())
+    h.update(json.dumps({str(k): str(v) for k, v in tokenizer.added_tokens_decoder.items()}, sort_keys=True).encode())
+    h.update(type(tokenizer).__name__.encode())
+    return h.hexdigest()
+
+
+def _code_hash() -> str:
+    here = Path(__file__).resolve().parent
+    return _sha(b"".join((here / name).read_bytes() for name in ("encode.py", "processed.py", "templates.py",
+                                                                    "load.py", "formats.py")))[:16]
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """No progress bars for maps and saves of a few thousand rows (the summary says what happened)."""
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Under several processes the main one prepares (and caches) first, then the others load the cache; trl's
+    own dataset preparation uses the same block. Needs the process state the trainer's config sets up."""
+    from launcher.distributed import runtime
+
+    if runtime.world_size() <= 1:
+        yield
+        return
+    from trl.trainer.utils import global_then_local_main_first
+
+    with global_then_local_main_first():
+        yield

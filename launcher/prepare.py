@@ -1,0 +1,246 @@
+"""`tunelaunch prepare`: the plan's checks, then the data exactly as the model will see it.
+
+It loads the tokenizer only (no model weights), tokenises with the trainer's own code (`launcher.data.encode`,
+`launcher.data.processed`), writes the processed dataset into the cache that training then reuses, and prints
+rendered samples with the trained tokens marked, the length histogram, truncation counts and packing efficiency.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+from launcher.config.errors import ConfigError
+from launcher.config.schema import RunConfig
+
+EXIT_CONFIG = 2
+OPEN, CLOSE = "[[", "]]"
+PREFERENCE_TRAINERS = ("dpo", "orpo", "reward")
+
+
+def main(config: str | None, overrides: list[str], show: int = 2, color: bool | None = None) -> int:
+    from launcher import models
+    from launcher.data.encode import EncodeError
+    from launcher.data.files import DataFileError
+    from launcher.data.load import fill_hub_rows
+    from launcher.planning import make_plan
+
+    try:
+        plan = make_plan(config, list(overrides))
+        fill_hub_rows(plan.cfg, plan.data)
+    except ConfigError as err:
+        print(err.report(), file=sys.stderr)
+        return EXIT_CONFIG
+    except DataFileError as err:
+        print(f"data problem:\n{err}", file=sys.stderr)
+        return EXIT_CONFIG
+    cfg = plan.cfg
+    if color is None:
+        color = sys.stdout.isatty() and _has_rich()
+    tokenizer = models.load_tokenizer(cfg)
+    try:
+        if cfg.trainer.name in PREFERENCE_TRAINERS:
+            text = preference_report(cfg, tokenizer, plan.data, show)
+        elif cfg.trainer.name == "sft":
+            from launcher.data.processed import prepare_sft
+
+            prepared = prepare_sft(cfg, tokenizer, plan.data)
+            text = sft_report(cfg, tokenizer, plan.data, prepared, show, color)
+        else:
+            print(f"prepare covers the sft, dpo, orpo and reward trainers, not {cfg.trainer.name}", file=sys.stderr)
+            return EXIT_CONFIG
+    except EncodeError as err:
+        print(f"data problem: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    if isinstance(text, list):  # rich segments for a terminal
+        from rich.console import Console
+
+        console = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)  # data is not markup
+        for part in text:
+            console.print(part)
+    else:
+        print(text)
+    return 0
+
+
+# ---- sft
+
+def sft_report(cfg: RunConfig, tokenizer, data, prepared, show: int, color: bool = False):
+    from launcher.data.load import effective_template
+
+    d = cfg.data
+    train = prepared.stats["train"]
+    head = [f"Prepared {data.format} rows for the sft trainer: {d.path}, template "
+            f"{effective_template(cfg, data.format)}; loss on {_trained_part(cfg, data.format)}",
+            f"  cache: {prepared.folder or 'not written'} "
+            f"({'reused: nothing was tokenised' if prepared.reused else 'tokenised now'})"]
+    parts: list = ["\n".join(head)]
+    samples = prepared.samples["train"]
+    n = min(show, len(samples))
+    if n:
+        legend = "trained tokens in green" if color else f"trained tokens in {OPEN}...{CLOSE}"
+        parts.append(f"\n== {n} of {len(samples)} training samples as the model sees them ({legend})")
+        for i in range(n):
+            ids, labels = samples[i]["input_ids"], samples[i]["labels"]
+            trained = sum(1 for x in labels[1:] if x != -100)  # the first token is never predicted
+            parts.append(f"-- sample {i + 1}: {len(ids)} tokens, {trained} trained")
+            parts.append(marked_text(tokenizer, ids, labels, color))
+    parts.append("\n== lengths of the training samples (tokens, before truncation)")
+    parts.append("\n".join(histogram(train.lengths, train.limit)))
+    parts.append("\n== truncation, packing and efficiency")
+    parts.append("\n".join("  " + line for line in prepared.summary()))
+    if color:
+        return parts
+    return "\n".join(str(p) for p in parts)
+
+
+def _trained_part(cfg: RunConfig, fmt: str) -> str:
+    if cfg.trainer.train_on == "all":
+        return "every token"
+    if fmt == "text":
+        return "every token" + (" (the eos token appended)" if cfg.data.add_eos_token else "")
+    if fmt == "prompt_completion" and cfg.data.chat_template == "none":
+        return "the completion" + (" and the eos token after it" if cfg.data.add_eos_token else "")
+    return "the assistant replies, each with the end-of-turn token that closes it"
+
+
+def marked_text(tokenizer, ids: list[int], labels: list[int], color: bool = False):
+    """The decoded sample with its trained spans in [[...]] (or green, as a rich Text, for a terminal)."""
+    runs: list[tuple[bool, list[int]]] = []
+    for token, label in zip(ids, labels):
+        trained = label != -100
+        if runs and runs[-1][0] == trained:
+            runs[-1][1].append(token)
+        else:
+            runs.append((trained, [token]))
+    pieces = [(trained, tokenizer.decode(group, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+              for trained, group in runs]
+    if color:
+        from rich.text import Text
+
+        text = Text()
+        for trained, piece in pieces:
+            text.append(piece, style="bold green" if trained else "dim")
+        return text
+    return "".join(f"{OPEN}{piece}{CLOSE}" if trained else piece for trained, piece in pieces)
+
+
+def histogram(lengths: list[int], limit: int = 0, bins: int = 8, width: int = 40) -> list[str]:
+    """Text histogram of token lengths; the bin over the limit (if any) counts the samples that get truncated."""
+    if not lengths:
+        return ["  (no samples)"]
+    top = max(lengths)
+    upper = min(top, limit) if limit else top
+    low = min(min(lengths), upper)
+    step = _nice(math.ceil((upper - low + 1) / bins) or 1)
+    edges = list(range(low // step * step, upper + 1, step))
+    counts = [0] * len(edges)
+    over = 0
+    for n in lengths:
+        if limit and n > limit:
+            over += 1
+        else:
+            counts[min((n - edges[0]) // step, len(edges) - 1)] += 1
+    biggest = max(counts + [over]) or 1
+    lines = [f"  {lo:6d}-{min(lo + step - 1, upper):<6d} {'#' * round(width * c / biggest):<{width}} {c}"
+             for lo, c in zip(edges, counts)]
+    if limit:
+        lines.append(f"  {'> ' + str(limit):>13s} {'#' * round(width * over / biggest):<{width}} {over}"
+                     f"  (truncated to {limit})")
+    lines.append(f"  min {min(lengths)}, median {sorted(lengths)[len(lengths) // 2]}, max {top}, "
+                 f"{len(lengths)} samples")
+    return lines
+
+
+def _nice(step: int) -> int:
+    magnitude = 10 ** (len(str(step)) - 1)
+    for m in (1, 2, 5, 10):
+        if step <= m * magnitude:
+            return m * magnitude
+    return step
+
+
+# ---- preference trainers: lengths and truncation counts (their tokenisation is trl's)
+
+@dataclass
+class PreferenceStats:
+    rows: int = 0
+    prompt_truncated: int = 0
+    chosen_truncated: int = 0
+    rejected_truncated: int = 0
+    prompt_lengths: list = field(default_factory=list)
+    answer_lengths: list = field(default_factory=list)
+
+
+def preference_stats(cfg: RunConfig, tokenizer, rows: list, fmt: str) -> PreferenceStats:
+    """How many prompts and answers the trainers cut: dpo/orpo by `trainers.common.cut_preference_pair` (the
+    prompt to max_prompt_length, each answer to max_completion_length or what block_size leaves), reward by
+    block_size (no prompt)."""
+    from launcher.data.encode import preference_lengths
+    from launcher.data.load import effective_template
+    from launcher.trainers.common import cut_preference_pair
+
+    chat = effective_template(cfg, fmt) != "none"
+    st = PreferenceStats(rows=len(rows))
+    for row in rows:
+        n = preference_lengths(row, tokenizer, chat)
+        st.prompt_lengths.append(n.prompt)
+        st.answer_lengths += [n.chosen, n.rejected]
+        if fmt != "preference":  # reward pairs: each text whole, up to block_size
+            st.chosen_truncated += n.chosen > cfg.data.block_size
+            st.rejected_truncated += n.rejected > cfg.data.block_size
+            continue
+        for answer, attr in ((n.chosen, "chosen_truncated"), (n.rejected, "rejected_truncated")):
+            prompt_kept, answer_kept = cut_preference_pair(list(range(n.prompt)), list(range(answer)), cfg, None)
+            setattr(st, attr, getattr(st, attr) + (len(answer_kept) < answer))
+        st.prompt_truncated += len(cut_preference_pair(list(range(n.prompt)), [], cfg, None)[0]) < n.prompt
+    return st
+
+
+def preference_report(cfg: RunConfig, tokenizer, data, show: int) -> str:
+    from launcher.data.load import conversations, effective_template
+
+    d = cfg.data
+    name = effective_template(cfg, data.format)
+    out = [f"Prepared {data.format} rows for the {cfg.trainer.name} trainer: {d.path}, template {name} "
+           f"(trl tokenises them when training; these are the lengths it will see)"]
+    rows = data.train.rows
+    if rows[:show]:
+        out.append(f"\n== {min(show, len(rows))} of {len(rows)} rows, each answer in {OPEN}...{CLOSE}")
+    for i, row in enumerate(rows[:show]):
+        out.append(f"-- row {i + 1}")
+        if name != "none":
+            for label, conversation in zip(("chosen", "rejected"), conversations(row, data.format)):
+                prompt = conversation[:-1]
+                head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) if prompt else ""
+                full = tokenizer.apply_chat_template(conversation, tokenize=False)
+                if full.startswith(head):
+                    full = f"{head}{OPEN}{full[len(head):]}{CLOSE}"
+                out.append(f"[{label}] {full}")
+        else:
+            prompt = row.get("prompt", "")
+            out += [f"[{k}] {prompt}{OPEN}{row[k]}{CLOSE}" for k in ("chosen", "rejected")]
+    for split_name, split in (("train", data.train), ("valid", data.valid)):
+        if split is None:
+            continue
+        st = preference_stats(cfg, tokenizer, split.rows, data.format)
+        out.append(f"\n== {split_name}: {st.rows} rows")
+        if data.format == "preference":
+            keep = min(d.max_prompt_length, d.block_size - 1)
+            out.append(f"  prompts cut to their last {keep} tokens (max_prompt_length): {st.prompt_truncated}")
+            out += histogram(st.prompt_lengths, keep)
+            limit = (f"max_completion_length {d.max_completion_length}" if d.max_completion_length
+                     else f"what block_size {d.block_size} leaves after the prompt")
+            out.append(f"  answers cut to {limit}: chosen {st.chosen_truncated}, rejected {st.rejected_truncated}")
+            out += histogram(st.answer_lengths)
+        else:
+            out.append(f"  texts cut to block_size {d.block_size}: chosen {st.chosen_truncated}, rejected "
+                       f"{st.rejected_truncated}")
+            out += histogram(st.answer_lengths, d.block_size)
+    return "\n".join(out)
+
+
+def _has_rich() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("rich") is not None
