@@ -1,7 +1,7 @@
 """One module per training method, each with `train(cfg, run_dir, resume_from) -> metrics`."""
 import importlib
 
-TRAINERS = ("sft",)
+TRAINERS = ("sft", "default", "reward", "dpo", "orpo")
 
 
 def trainer_module(name: str):

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from launcher.config.schema import RunConfig
+from launcher.distributed import runtime
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def training_kwargs(cfg: RunConfig, run_dir: Path, train_rows: int, has_eval: bo
         report_to=[] if cfg.logging.report_to == "none" else [cfg.logging.report_to],
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
+        **runtime.trainer_process_kwargs(cfg.distributed.backend, run_dir),
     )
 
 
@@ -82,3 +84,39 @@ def save_final(trainer, cfg: RunConfig, run_dir: Path, tokenizer) -> str:
         trainer.save_state()
     log.info("saved the %s model to %s", kind, run_dir)
     return kind
+
+
+def cut_preference_pair(prompt: list[int], answer: list[int], cfg: RunConfig,
+                        bos_id: int | None) -> tuple[list[int], list[int]]:
+    """A prompt and one answer (token ids) within the dpo/orpo limits. trl 1.16 only knows one max_length for
+    the whole sequence, so the limits are ours: the prompt keeps its END (the question next to the answer; a
+    leading bos stays), at most data.max_prompt_length tokens and always leaving room for an answer token; the
+    answer keeps its START, at most data.max_completion_length (null: what block_size leaves after the prompt);
+    together they never exceed block_size."""
+    d = cfg.data
+    keep = min(d.max_prompt_length, d.block_size - 1)
+    if len(prompt) > keep:
+        head = prompt[:1] if bos_id is not None and prompt[:1] == [bos_id] else []
+        prompt = head + prompt[len(prompt) - (keep - len(head)):]
+    room = d.block_size - len(prompt)
+    return prompt, answer[:min(d.max_completion_length or room, room)]
+
+
+def preference_datasets(cfg: RunConfig, data, tokenizer) -> tuple:
+    """The train and validation splits as trl's preference datasets (rows from `load.preference_row`): message
+    lists when a chat template is set or the data holds messages, so trl renders them with the tokenizer's template."""
+    from datasets import Dataset
+
+    from launcher.data.load import preference_row
+
+    splits = [s for s in (data.train, data.valid) if s is not None]
+    conversational = cfg.data.chat_template != "none" or any(
+        isinstance(v, list) for s in splits for r in s.rows for v in r.values())
+    if conversational and not tokenizer.chat_template:
+        raise ValueError("the preference rows hold chat messages but the tokenizer has no chat template: set "
+                         "data.chat_template (chatml, zephyr, alpaca or a Jinja file)")
+
+    def dataset(split):
+        return None if split is None else Dataset.from_list([preference_row(r, conversational) for r in split.rows])
+
+    return dataset(data.train), dataset(data.valid)
