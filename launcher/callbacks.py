@@ -39,13 +39,13 @@ class ValidationPromptCallback(TrainerCallback):
 
 def run_callbacks(cfg, tokenizer) -> list[TrainerCallback]:
     """The callbacks a run's configuration asks for."""
-    from launcher.generate import stop_ids
+    from launcher.data.templates import stop_tokens
 
     callbacks = []
     if cfg.training.validation_prompt:
         callbacks.append(ValidationPromptCallback(cfg.training.validation_prompt, tokenizer,
                                                   cfg.data.chat_template != "none",
-                                                  stop_ids(tokenizer, cfg.data.chat_template)))
+                                                  stop_tokens(tokenizer, cfg.data.chat_template)))
     return callbacks
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from launcher.data.templates import get_template
+from launcher.data.templates import alpaca_messages, get_template, stop_tokens
 
 
 @dataclass
@@ -19,19 +19,23 @@ class Generator:
     chat: bool
     """Whether prompts go through the chat template (False for runs trained on raw text)."""
 
-    def prompt_ids(self, messages: list[dict] | None = None, text: str | None = None) -> list[int]:
-        """The token ids fed to the model: for chat runs, the training template with the generation prompt."""
+    def prompt_ids(self, messages: list[dict] | None = None, text: str | None = None,
+                   input_text: str | None = None) -> list[int]:
+        """The token ids fed to the model, built as training built a sample's prompt: for chat runs the
+        training template with the generation prompt (an Alpaca instruction and its input become the user turn
+        as in training); for text runs the tokenizer with its special tokens, as the sample's text was."""
         if self.chat:
-            messages = messages or [{"role": "user", "content": text}]
+            if messages is None:
+                messages = alpaca_messages(text, input_text or "", None)
             out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                      return_dict=True)
             return list(out["input_ids"])
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(self.tokenizer(text=text)["input_ids"])
 
     @torch.inference_mode()
     def complete(self, messages: list[dict] | None = None, text: str | None = None, max_new_tokens: int = 64,
-                 do_sample: bool = False) -> str:
-        ids = torch.tensor([self.prompt_ids(messages, text)])
+                 do_sample: bool = False, input_text: str | None = None) -> str:
+        ids = torch.tensor([self.prompt_ids(messages, text, input_text)])
         out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                   do_sample=do_sample, eos_token_id=self.stop_ids,
                                   pad_token_id=self.tokenizer.pad_token_id)
@@ -53,7 +57,7 @@ def from_run(run_dir: str | Path) -> Generator:
         model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
     model.eval()
     template_name = cfg["data"]["chat_template"]
-    return Generator(model, tokenizer, stop_ids(tokenizer, template_name), chat=template_name != "none")
+    return Generator(model, tokenizer, stop_tokens(tokenizer, template_name), chat=template_name != "none")
 
 
 def from_base(model_path: str, template_name: str) -> Generator:
@@ -65,12 +69,5 @@ def from_base(model_path: str, template_name: str) -> Generator:
     if template is not None and template.jinja:
         tokenizer.chat_template = template.jinja
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    return Generator(model, tokenizer, stop_ids(tokenizer, template_name), chat=template_name != "none")
+    return Generator(model, tokenizer, stop_tokens(tokenizer, template_name), chat=template_name != "none")
 
-
-def stop_ids(tokenizer, template_name: str) -> list[int]:
-    template = get_template(template_name)
-    ids = [tokenizer.eos_token_id]
-    if template is not None and template.end_of_turn:
-        ids.insert(0, tokenizer.convert_tokens_to_ids(template.end_of_turn))
-    return [i for i in dict.fromkeys(ids) if i is not None]

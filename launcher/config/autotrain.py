@@ -133,6 +133,9 @@ DATA_KEYS = {"path": "data_path", "train_split": "train_split", "valid_split": "
              "chat_template": "chat_template"}
 COLUMN_KEYS = ("text_column", "rejected_text_column", "prompt_text_column")
 HUB_KEYS = ("username", "token", "push_to_hub")
+# The hosted fine-tuning API's batch names (003): a global batch, and the per-device batch it is made of.
+# train_batch_size has no LLMTrainingParams twin; micro_batch_size is batch_size under another name.
+HOSTED_BATCH = {"train_batch_size": "training.global_batch_size", "micro_batch_size": None}
 FILE_KEYS = ("task", "base_model", "project_name", "log", "backend", "data", "params", "hub")
 
 
@@ -224,8 +227,13 @@ def translate(doc: dict) -> Translation:
     for key, value in (doc.get("params") or {}).items():
         if key in PARAMS_BY_NAME:
             put(key, value, f"params.{key}")
+        elif key == "micro_batch_size":
+            put("batch_size", value, f"params.{key}")
+        elif key in HOSTED_BATCH:
+            _set(out.values, HOSTED_BATCH[key], value)
+            out.origin[HOSTED_BATCH[key]] = f"params.{key}"
         else:
-            out.problems.append(Problem(f"params.{key}", _unknown(key, list(PARAMS_BY_NAME),
+            out.problems.append(Problem(f"params.{key}", _unknown(key, [*PARAMS_BY_NAME, *HOSTED_BATCH],
                                                                   "AutoTrain parameters")))
 
     task = doc.get("task")

@@ -145,10 +145,15 @@ def infer_end_of_turn(jinja: str) -> Optional[str]:
 def stop_tokens(tokenizer, template_name: str) -> list[int]:
     """Token ids generation must stop at for a run trained with this template: the end-of-turn token its
     assistant replies end with (read off the installed template when the name does not say, as for
-    `tokenizer`) and the eos token."""
-    template = get_template(template_name)
-    end = template.end_of_turn if template is not None else None
-    if template is not None and end is None:
+    `tokenizer`) and the eos token.
+
+    A Jinja file is not read again: the tokenizer carries it (training installed it and saved it with the run),
+    so a run folder still stops right after the file has moved."""
+    if template_name == "none":
+        end = None
+    elif template_name in BUILTIN and BUILTIN[template_name].end_of_turn:
+        end = BUILTIN[template_name].end_of_turn
+    else:
         end = infer_end_of_turn(tokenizer.chat_template or "")
     ids = [tokenizer.eos_token_id]
     if end is not None and end in tokenizer.get_vocab():

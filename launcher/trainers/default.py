@@ -13,8 +13,8 @@ from launcher import models
 from launcher.callbacks import run_callbacks
 from launcher.config.schema import RunConfig
 from launcher.data.load import load_splits, sft_row
+from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
-from launcher.generate import stop_ids
 from launcher.trainers.common import save_final, training_kwargs
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
 
     # ---- model: the plain Trainer takes no peft_config, so the adapter is added here
     model = models.load_model(cfg, tokenizer)
-    model.generation_config.eos_token_id = stop_ids(tokenizer, cfg.data.chat_template)
+    model.generation_config.eos_token_id = stop_tokens(tokenizer, cfg.data.chat_template)
     model = with_adapter(model, cfg)
 
     # ---- trainer: every block is block_size long, so the default collator only stacks them (no padding, which

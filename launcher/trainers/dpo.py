@@ -17,8 +17,8 @@ from launcher import models
 from launcher.callbacks import run_callbacks
 from launcher.config.schema import RunConfig
 from launcher.data.load import load_splits
+from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
-from launcher.generate import stop_ids
 from launcher.trainers.common import cut_preference_pair, preference_datasets, save_final, training_kwargs
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
     # ---- model and reference. trl's own reference copy is loaded from the path again, which would miss the
     # embeddings resized for the template's tokens, the revision and a GGUF file; so ours is loaded like the base.
     model = models.load_model(cfg, tokenizer)
-    model.generation_config.eos_token_id = stop_ids(tokenizer, cfg.data.chat_template)
+    model.generation_config.eos_token_id = stop_tokens(tokenizer, cfg.data.chat_template)
     peft_config = models.lora_config(cfg)
     ref_model = None if peft_config is not None and not cfg.trainer.model_ref else reference_model(cfg, tokenizer)
 

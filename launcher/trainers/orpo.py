@@ -16,8 +16,8 @@ from launcher import models
 from launcher.callbacks import run_callbacks
 from launcher.config.schema import RunConfig
 from launcher.data.load import load_splits
+from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
-from launcher.generate import stop_ids
 from launcher.trainers.common import cut_preference_pair, preference_datasets, save_final, training_kwargs
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
 
     # ---- model
     model = models.load_model(cfg, tokenizer)
-    model.generation_config.eos_token_id = stop_ids(tokenizer, cfg.data.chat_template)
+    model.generation_config.eos_token_id = stop_tokens(tokenizer, cfg.data.chat_template)
 
     # ---- trainer. ORPOTrainer tokenises in its constructor and cuts each answer to fit max_length behind the
     # untruncated prompt; so it tokenises with no limit, the rows are cut to ours afterwards, and max_length is set

@@ -5,6 +5,7 @@ The 48 LLMTrainingParams names and defaults below are copied by hand from the Au
 parameters"), NOT read from our PARAMS table: the test would otherwise only compare the table with itself.
 """
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +15,8 @@ from launcher.config.compose import compose, load_config_file
 from launcher.config.errors import ConfigError
 from launcher.config.parse import from_dict
 from launcher.config.schema import REDACTED, RunConfig
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 # (name, documented default), in the documented order.
 AUTOTRAIN_DOCUMENTED = [
@@ -480,3 +483,37 @@ def test_all_problems_of_a_file_come_together(tmp_path):
     assert "training.epochs (params.epochs)" in report
     assert "data.padding_side (params.padding)" in report
     assert report.startswith(f"{len(keys)} problems")
+
+
+# ---- the hosted API's batch form (003): a global train_batch_size of micro_batch_size per device
+
+def test_hosted_batch_names_give_a_global_batch_and_derive_the_accumulation(tmp_path):
+    from launcher.distributed.hardware import Hardware
+    from launcher.planning import make_plan
+
+    from launcher.embedded import build_tiny_llama
+
+    doc = {"task": "llm-sft", "backend": "local", "base_model": str(build_tiny_llama()),
+           "project_name": str(tmp_path / "run"), "data": {"path": str(SAMPLES / "chat"), "chat_template": "chatml"},
+           "params": {"train_batch_size": 16, "micro_batch_size": 2}}
+    composed = compose_doc(tmp_path, doc)
+    assert (composed.config.training.global_batch_size, composed.config.training.batch_size) == (16, 2)
+    plan = make_plan(str(write(tmp_path, doc)), ["distributed.num_processes=2", "distributed=ddp"], Hardware())
+    assert plan.cfg.training.gradient_accumulation == 4  # 16 = 2 per device x 2 processes x 4
+
+
+def test_an_indivisible_hosted_batch_is_a_plan_error_in_the_files_words(tmp_path):
+    from launcher.distributed.hardware import Hardware
+    from launcher.planning import make_plan
+
+    doc = {"task": "llm-sft", "backend": "local", "params": {"train_batch_size": 6, "micro_batch_size": 4}}
+    with pytest.raises(ConfigError) as err:
+        make_plan(str(write(tmp_path, doc)), [], Hardware())
+    assert "params.train_batch_size" in str(err.value) and "params.micro_batch_size" in str(err.value)
+    assert "not a multiple of batch_size 4" in str(err.value)
+
+
+def test_micro_batch_size_and_a_different_batch_size_conflict():
+    out = translate({"params": {"batch_size": 2, "micro_batch_size": 4}})
+    assert [p.key for p in out.problems] == ["params.micro_batch_size"]
+    assert "conflicts with params.batch_size" in out.problems[0].message
