@@ -45,7 +45,7 @@ def cmd_train(args) -> int:
 def _train_one(config, overrides) -> int:
     from launcher import run_dir as runs
     from launcher.config.autotrain import training_params
-    from launcher.distributed.launch import accelerate_config, launch_command, render
+    from launcher.distributed.launch import accelerate_config, launch_command, render, worker_env
     from launcher.logs import tracker_environment
     from launcher.report import render_plan
 
@@ -59,7 +59,13 @@ def _train_one(config, overrides) -> int:
     folder = runs.open_run_dir(plan.cfg)
     runs.write_config(folder, plan.cfg)
     runs.write_json(folder / "training_params.json", training_params(plan.cfg))
-    runs.write_yaml(folder / "accelerate_config.yaml", accelerate_config(plan.cfg, plan.launch, plan.hardware))
+    runs.write_yaml(folder / "accelerate_config.yaml",
+                    accelerate_config(plan.cfg, plan.launch, plan.hardware, folder))
+    if plan.launch.backend == "deepspeed":
+        from launcher.distributed.deepspeed import FILE_NAME, deepspeed_config
+
+        runs.write_json(folder / FILE_NAME, deepspeed_config(plan.cfg, plan.launch.world_size,
+                                                             plan.launch.hidden_size, plan.hardware.gpus > 0))
     cmd = launch_command(plan.cfg, plan.launch, folder)
     runs.write_json(folder / "launch.json", {"command": render(cmd), "backend": plan.launch.backend,
                                              "world_size": plan.launch.world_size, "hardware": plan.hardware.kind})
@@ -67,6 +73,7 @@ def _train_one(config, overrides) -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                       env.get("PYTHONPATH")]))
     env.update(tracker_environment(plan.cfg.logging.report_to, folder, plan.cfg.project_name, env))
+    env.update(worker_env(plan.cfg, plan.launch, plan.hardware))  # DS_ACCELERATOR, TORCH_EXTENSIONS_DIR
     token = plan.hub_token()
     if token:
         env["HF_TOKEN"] = token  # the one way the secret reaches the workers
@@ -143,7 +150,11 @@ def cmd_generate(args) -> int:
         print(f"{target} is neither a run folder (with config.yaml) nor a model folder", file=sys.stderr)
         return EXIT_CONFIG
     messages = json.loads(Path(args.messages).read_text()) if args.messages else None
-    print(gen.complete(messages=messages, text=args.prompt, max_new_tokens=args.max_new_tokens))
+    if args.input_text and (messages is not None or not gen.chat):
+        print("--input goes with --prompt on a run trained with a chat template (Alpaca data)", file=sys.stderr)
+        return EXIT_CONFIG
+    print(gen.complete(messages=messages, text=args.prompt, input_text=args.input_text,
+                       max_new_tokens=args.max_new_tokens))
     return 0
 
 
@@ -174,6 +185,12 @@ def cmd_push(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from launcher.prepare import main as prepare
+
+    return prepare(args.config, list(args.overrides), show=args.show)
+
+
 def _plan_or_exit(args):
     from launcher.config.errors import ConfigError
     from launcher.planning import make_plan
@@ -202,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = with_config(sub.add_parser("train", help="validate, then launch the training"))
     train.add_argument("-m", "--multirun", action="store_true", help="sweep: key=a,b runs one job per value")
     train.set_defaults(func=cmd_train)
+    prepare = with_config(sub.add_parser(
+        "prepare", help="check, tokenise and cache the data; show samples with the trained tokens marked"))
+    prepare.add_argument("--show", type=int, default=2, metavar="N", help="rendered samples to print (default 2)")
+    prepare.set_defaults(func=cmd_prepare)
     recipes = sub.add_parser("recipes", help="list the shipped recipes, or show one")
     recipes.add_argument("name", nargs="?")
     recipes.set_defaults(func=cmd_recipes)
@@ -210,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="the user message (or raw text for runs without a chat template)")
     source.add_argument("--messages", help="a JSON file holding a list of {role, content}")
+    gen.add_argument("--input", dest="input_text", metavar="TEXT",
+                     help="Alpaca-style runs: the input that goes with the instruction given as --prompt")
     gen.add_argument("--template", default="tokenizer", help="chat template for a plain model folder")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.set_defaults(func=cmd_generate)
@@ -228,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from launcher.logs import quiet_noisy_imports
+
+    quiet_noisy_imports()
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -77,7 +77,7 @@ def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware 
         cfg.data.chat_template = "alpaca"  # data.notes already says so
     if problems:
         raise ConfigError(problems, composed.source, composed.origin)
-    plan = Plan(cfg, hw, launch, data, composed.notes + notes + data.notes + dir_notes,
+    plan = Plan(cfg, hw, launch, data, composed.notes + notes + launch.notes + data.notes + dir_notes,
                 source=composed.source, origin=composed.origin)
     if cfg.hub.push_to_hub and not cfg.hub.username:
         plan.blockers.append(Problem("hub.username", "push_to_hub is true but no username is set (the repository "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import yaml
 
-from launcher.distributed.launch import launch_command, render
+from launcher.distributed.launch import launch_command, memory_line, render
 from launcher.planning import Plan
 from launcher.run_dir import redacted_dict
 
@@ -24,6 +24,7 @@ def render_plan(plan: Plan, brief: bool = False) -> str:
                    f"{launch.num_nodes} node(s) = world size {launch.world_size}, via {launch.launcher}"),
         ("precision", f"{cfg.precision.mixed_precision}, attention {cfg.model.attn_implementation}, "
                       f"gradient checkpointing {'on' if cfg.training.gradient_checkpointing else 'off'}"),
+        ("memory", memory_line(plan)),
     ]
     out = ["Plan (valid):"] + [f"  {k:10s} {v}" for k, v in rows]
     if plan.notes:

@@ -40,8 +40,16 @@ def main(argv: list[str]) -> int:
     folder = config_path.parent
     cfg = load_resolved(config_path)
     setup_logging(folder / "train.log" if runtime.is_main() else None)
+    if not runtime.is_main():
+        # Rank 0 speaks for the job; the others print warnings and errors (their tracebacks) only, instead of
+        # repeating every line once per process.
+        logging.getLogger().setLevel(logging.WARNING)
     log = logging.getLogger("launcher.worker")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from launcher.distributed import probe
+
+    probe.install(folder)  # test-only: does nothing unless TUNELAUNCH_PROBE_DIR / _FAIL_RANK is set
+    runtime.prepare_process_state(cfg.distributed.backend)
 
     resume = runs.latest_checkpoint(folder)
     if runtime.is_main():
@@ -68,6 +76,9 @@ def main(argv: list[str]) -> int:
                               "`tunelaunch push %s`.", folder, type(err).__name__, err, folder)
                     return 3
         log.info("done in %.0f s: %s", time.time() - started, metrics)
+    except BaseException:
+        runtime.abort()  # no barrier: the other ranks may never reach it, and the job would hang
+        raise
     finally:
         runtime.teardown()
     return 0

@@ -1,0 +1,292 @@
+"""How much GPU memory one process of a run needs, and the backend `distributed.backend=auto` picks from it.
+
+Rough but stated: the estimate is for planning (does it fit, which backend), not a promise. It counts
+
+    per GPU = weights + gradients + optimizer states + activations + 1 GiB (CUDA context, kernels, buffers)
+
+and a run "fits" when that is at most 90% of the GPU's memory (the rest goes to allocator fragmentation and
+temporary buffers). Terms, with P all parameters, N processes, r the LoRA rank:
+
+Full fine-tune (every parameter trained), bytes per parameter:
+    DDP / one process   weights 4 (fp32 master weights; bf16/fp16 is autocast) + gradients 4 + optimizer k
+    DeepSpeed, bf16/fp16: weights 2 + gradients 2 + 4/N (the fp32 copy of this rank's gradient partition that
+                        the optimizer step reads) + optimizer 4 (fp32 master copy) + k
+    DeepSpeed, fp32:      weights 4 + gradients 4 + optimizer k
+  where k is 8 for AdamW (two fp32 moments), 2 for 8-bit Adam, 0 for adafactor/SGD (their state is small).
+  AdamW in bf16 mixed precision therefore costs 16 bytes per parameter under DDP (an 8B model: 128 GB per GPU).
+  ZeRO shards by N: stage 1 the optimizer states, stage 2 also the gradients, stage 3 also the weights, which
+  are then gathered module by module (counted as two of the largest gathered units - a decoder block, or the
+  embedding / output layer when bigger - in the compute dtype). Optimizer offload (ZeRO-Offload) moves the
+  optimizer term to CPU memory and, from stage 2, the gradient partitions too (the optimizer step runs on the
+  CPU); parameter offload (stage 3) moves the weights as well. With AdamW these are DeepSpeed's own figures
+  (estimate_zero2/zero3_model_states_mem_needs: 2P + 18P/N for ZeRO-2, 2P with offload, 2P/N + 4 x largest
+  layer for ZeRO-3 with optimizer offload, 4 x largest layer with both), except ZeRO-3 without offload, where
+  DeepSpeed says 18P/N + 4 x largest layer and we count 20P/N (2 + 2 + 4 + 4 + 8, the terms above);
+  tests/unit/test_memory.py compares with them.
+
+LoRA / QLoRA: the base is frozen (weights only, no gradients or optimizer states):
+    base weights   Linear layers of the blocks: 0.55 bytes (int4 NF4 with double-quantized scales), 1 (int8),
+                   else the base dtype; embeddings, norms and the output layer stay in the base dtype.
+                   The base dtype is bf16 (2 bytes) when the run computes in bf16, else fp32 (4) - what
+                   `launcher.models` loads; DeepSpeed casts it to bf16/fp16 when those are enabled.
+    adapters       r x (in + out) parameters per adapted Linear, trained like a full fine-tune of that size
+                   (peft keeps them in fp32).
+  ZeRO-3 shards the frozen base too; stages 1 and 2 leave it whole on every GPU.
+
+Activations, per micro-batch of b sequences of s tokens (a = 2 bytes in bf16/fp16, 4 in fp32), for a
+decoder with L blocks of hidden size h, key/value width h_kv, MLP width i and vocabulary V, attention through
+sdpa/flash-attention (no s x s matrix is kept):
+    one block keeps   b x s x (8h + 2h_kv + 4i) x a   (norm inputs and their fp32 upcasts, q/k/v, attention
+                                                      output, the four MLP intermediates)
+    without checkpointing   L blocks of that
+    with checkpointing      L x b x s x h x a (each block's input) + one block recomputed in the backward pass
+    plus the logits          b x s x V x (a + 8)  (the logits, their fp32 copy and its gradient)
+
+The parameter counts come from the model's config.json, instantiated on the meta device (no weights are read
+or allocated), so every architecture transformers knows is counted exactly; a hub id without a local folder
+has no estimate, and `plan` says so.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher.config.schema import RunConfig
+
+GIB = 2**30
+OVERHEAD_BYTES = 1 * GIB
+USABLE_FRACTION = 0.9
+INT4_BYTES = 0.55
+INT8_BYTES = 1.0
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    params: int
+    """All parameters."""
+    block_linear_params: int
+    """Parameters of the Linear layers outside the output layer: what bitsandbytes quantizes."""
+    lora_in_out: int
+    """Sum of (in + out) features over the Linear layers LoRA adapts: r times this is the adapter size."""
+    hidden: int
+    layers: int
+    intermediate: int
+    kv_hidden: int
+    vocab: int
+    block_params: int
+    """Parameters of the largest decoder block."""
+    largest_module_params: int = 0
+    """Parameters held directly by the largest single module (in a Llama the embedding or the output layer):
+    what DeepSpeed's estimator calls the largest layer."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a run spreads over processes: the candidates `auto` chooses between."""
+    backend: str  # none | ddp | deepspeed | fsdp
+    zero_stage: int = 0
+    offload: str = "none"
+
+    @property
+    def label(self) -> str:
+        if self.backend != "deepspeed":
+            return {"ddp": "DDP", "fsdp": "FSDP"}.get(self.backend, self.backend)
+        off = {"none": "", "optimizer": " + optimizer offload", "optimizer_and_params": " + full offload"}
+        return f"ZeRO-{self.zero_stage}{off[self.offload]}"
+
+
+@dataclass
+class Estimate:
+    layout: Layout
+    world: int
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    overhead: float = OVERHEAD_BYTES
+    cpu_offloaded: float = 0.0
+    """Bytes per process moved to CPU memory by offload (not counted in total)."""
+    details: dict = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.overhead
+
+    def fits(self, gpu_memory_gib: float | None) -> bool | None:
+        if not gpu_memory_gib:
+            return None
+        return self.total <= USABLE_FRACTION * gpu_memory_gib * GIB
+
+    def describe(self, per: str = "GPU") -> str:
+        parts = ", ".join(f"{name} {value / GIB:.1f}" for name, value in (
+            ("weights", self.weights), ("gradients", self.gradients), ("optimizer", self.optimizer),
+            ("activations", self.activations), ("overhead", self.overhead)))
+        off = f"; {self.cpu_offloaded / GIB:.1f} GiB offloaded to CPU" if self.cpu_offloaded else ""
+        return f"~{self.total / GIB:.1f} GiB per {per} ({parts}){off}"
+
+
+# ---- the model's shape, from its config.json alone
+
+def model_shape(cfg: RunConfig) -> tuple[ModelShape | None, str]:
+    """The shape of the run's base model, or None with the reason there is no estimate."""
+    folder = Path(cfg.model.name_or_path).expanduser()
+    if cfg.model.gguf_file:
+        return None, "the model is a GGUF file (no config.json to count from)"
+    if not (folder / "config.json").is_file():
+        return None, (f"{cfg.model.name_or_path} is not a local folder with a config.json "
+                      "(plan downloads nothing); download it first for an estimate")
+    try:
+        return shape_from_config(json.loads((folder / "config.json").read_text()), cfg.peft.target_modules,
+                                 trust_remote_code=cfg.model.trust_remote_code, folder=folder), ""
+    except Exception as err:  # an architecture transformers cannot build: say so, do not fail the plan
+        return None, f"transformers could not build {folder.name} from its config.json ({type(err).__name__}: {err})"
+
+
+def shape_from_config(config: dict, target_modules: str = "all-linear", trust_remote_code: bool = False,
+                      folder: Path | None = None) -> ModelShape:
+    """Instantiate the architecture on the meta device (no memory, no weights) and count."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if folder is not None:
+        hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    else:
+        config = dict(config)
+        hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
+    text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    output = model.get_output_embeddings()
+    targets = None if target_modules == "all-linear" else [t.strip() for t in target_modules.split(",") if t.strip()]
+    linear_params = lora_in_out = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is output:
+            continue
+        linear_params += module.weight.numel()
+        if targets is None or any(name == t or name.endswith("." + t) for t in targets):
+            lora_in_out += module.in_features + module.out_features
+    blocks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == text.num_hidden_layers]
+    block_params = max((sum(p.numel() for p in b.parameters()) for b in blocks[0]), default=0) if blocks else 0
+    largest_module = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return ModelShape(
+        params=sum(p.numel() for p in model.parameters()),
+        block_linear_params=linear_params,
+        lora_in_out=lora_in_out,
+        hidden=text.hidden_size,
+        layers=text.num_hidden_layers,
+        intermediate=getattr(text, "intermediate_size", None) or 4 * text.hidden_size,
+        kv_hidden=(getattr(text, "num_key_value_heads", None) or heads) * head_dim,
+        vocab=text.vocab_size,
+        block_params=block_params,
+        largest_module_params=largest_module,
+    )
+
+
+# ---- the estimate
+
+def optimizer_state_bytes(name: str) -> float:
+    """Bytes of optimizer state per trained parameter (beyond any master copy)."""
+    if "8bit" in name:
+        return 2.0
+    if name.startswith(("adafactor", "sgd", "lomo", "adalomo")):
+        return 0.0
+    return 8.0  # AdamW and its variants: two fp32 moments; unknown names are assumed to be like it
+
+
+def estimate(cfg: RunConfig, shape: ModelShape, layout: Layout, world: int) -> Estimate:
+    """Per-GPU bytes for a resolved config on `world` processes laid out as `layout`."""
+    mp = cfg.precision.mixed_precision
+    act_bytes = 2 if mp in ("bf16", "fp16") else 4
+    ds = layout.backend == "deepspeed"
+    n = world if ds else 1
+    stage, offload = (layout.zero_stage, layout.offload) if ds else (0, "none")
+    k = optimizer_state_bytes(cfg.training.optimizer)
+    sixteen_bit = ds and mp in ("bf16", "fp16")
+
+    if cfg.peft.enabled:
+        trained = cfg.peft.r * shape.lora_in_out
+        base_dtype = 2 if mp == "bf16" or sixteen_bit else 4
+        quant = {"int4": INT4_BYTES, "int8": INT8_BYTES}.get(cfg.quantization.mode)
+        linear_bytes = quant if quant is not None else base_dtype
+        frozen = shape.block_linear_params * linear_bytes + (shape.params - shape.block_linear_params) * base_dtype
+    else:
+        trained, frozen = shape.params, 0.0
+
+    w_b, g_b, o_b = (2, 2, 4 + k) if sixteen_bit else (4, 4, k)
+    weights, grads, opt = trained * w_b + frozen, trained * g_b, trained * o_b
+    # The fp32 copy of this rank's gradient partition that the optimizer step reads (a term the first version
+    # left out: it under-counted 16-bit ZeRO-2 by 4P/N against DeepSpeed's own estimator). Stage 3 makes it one
+    # sub-group (default 1e9 elements) at a time, i.e. the whole partition below 1e9 elements per rank.
+    grads32 = trained * 4 / n if sixteen_bit else 0.0
+    if stage >= 1:
+        opt /= n
+    if stage >= 2:
+        grads /= n
+    gather = 0.0
+    if stage >= 3:
+        weights /= n
+        unit = max(shape.block_params, shape.largest_module_params)
+        gather = 2 * unit * (2 if sixteen_bit else 4)
+    offloaded = 0.0
+    if offload in ("optimizer", "optimizer_and_params"):
+        # ZeRO-Offload steps on the CPU: the optimizer state and the fp32 gradient partition live there, and
+        # from stage 2 the 16-bit gradient partition is copied there as it is reduced (the first version kept
+        # the gradients on the GPU, 2P/N too many: auto then reached for parameter offload too early).
+        offloaded += opt + grads32 + (grads if stage >= 2 else 0.0)
+        opt, grads32 = 0.0, 0.0
+        if stage >= 2:
+            grads = 0.0
+    if offload == "optimizer_and_params":
+        offloaded += weights
+        weights = 0.0
+    grads += grads32
+
+    b, s = cfg.training.batch_size, max(cfg.data.block_size, 1)
+    per_block = b * s * (8 * shape.hidden + 2 * shape.kv_hidden + 4 * shape.intermediate) * act_bytes
+    if cfg.training.gradient_checkpointing is True:
+        blocks = shape.layers * b * s * shape.hidden * act_bytes + per_block
+    else:
+        blocks = shape.layers * per_block
+    logits = b * s * shape.vocab * (act_bytes + 8)
+    return Estimate(layout, world, weights=weights + gather, gradients=grads, optimizer=opt,
+                    activations=blocks + logits, cpu_offloaded=offloaded,
+                    details={"trained_params": trained, "params": shape.params, "zero3_gather": gather})
+
+
+# ---- auto: the first layout that fits
+
+CANDIDATES = (
+    Layout("ddp"),
+    Layout("deepspeed", 2),
+    Layout("deepspeed", 3),
+    Layout("deepspeed", 3, "optimizer"),
+    Layout("deepspeed", 3, "optimizer_and_params"),
+)
+
+
+def choose(cfg: RunConfig, shape: ModelShape | None, why_none: str, world: int,
+           gpu_memory_gib: float | None) -> tuple[Layout, str, Estimate | None]:
+    """(layout, reason, its estimate) for distributed.backend=auto."""
+    if world == 1:
+        est = estimate(cfg, shape, Layout("none"), 1) if shape else None
+        return Layout("none"), "one process: no distributed wrapper", est
+    if shape is None:
+        return Layout("ddp"), f"{world} processes: DDP (no memory estimate: {why_none})", None
+    if not gpu_memory_gib:
+        est = estimate(cfg, shape, Layout("ddp"), world)
+        return Layout("ddp"), f"{world} processes: DDP (no GPU memory to compare the estimate with)", est
+    tried = []
+    for layout in CANDIDATES:
+        est = estimate(cfg, shape, layout, world)
+        if est.fits(gpu_memory_gib):
+            why = f"{world} processes: {layout.label}, the first of DDP, ZeRO-2, ZeRO-3, ZeRO-3 + offload " \
+                  f"whose estimate fits {gpu_memory_gib:g} GiB"
+            if tried:
+                why += " (" + "; ".join(tried) + ")"
+            return layout, why, est
+        tried.append(f"{layout.label} needs ~{est.total / GIB:.0f} GiB")
+    return layout, (f"{world} processes: nothing fits {gpu_memory_gib:g} GiB per GPU even with ZeRO-3 and full "
+                    f"offload ({'; '.join(tried)}): {layout.label} is the closest"), est
