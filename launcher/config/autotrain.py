@@ -195,8 +195,9 @@ def translate(doc: dict) -> Translation:
     backend = doc.get("backend", "local")
     if backend not in BACKENDS:
         out.problems.append(Problem("backend", (
-            f"'{backend}' is not supported: tunelaunch trains on this machine (`backend: local`) or on a "
-            "Slurm cluster (`tunelaunch submit`). Set `backend: local` or remove the key.")))
+            f"'{backend}' is not supported: tunelaunch trains where it is started (`backend: local`): this "
+            "machine, or each node of a multi-node job (distributed.num_nodes / node_rank). Set `backend: local` "
+            "or remove the key.")))
 
     for key, name in TOP_LEVEL.items():
         if key in doc:

@@ -181,7 +181,7 @@ class DistributedConfig:
     num_nodes: int = 1
     """Machines taking part."""
     node_rank: int = 0
-    """This machine's rank among num_nodes (set per node by `submit`)."""
+    """This machine's rank among num_nodes (give each node its own: node_rank=0 on the rendezvous host)."""
     main_process_ip: str = "127.0.0.1"
     """Address of node 0, the rendezvous endpoint."""
     main_process_port: int = 29500

@@ -86,6 +86,27 @@ def save_final(trainer, cfg: RunConfig, run_dir: Path, tokenizer) -> str:
     return kind
 
 
+def train_and_save(trainer, cfg: RunConfig, run_dir: Path, tokenizer, resume_from: str | None, data,
+                   **metrics) -> dict:
+    """Train (from the checkpoint to resume, if any), save, and return the metrics every trainer reports plus
+    its own."""
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    kind = save_final(trainer, cfg, run_dir, tokenizer)
+    return {"train_loss": result.training_loss, "global_step": result.global_step, "saved": kind,
+            "data_format": data.format, "train_rows": len(data.train.rows), **metrics}
+
+
+def limit_preference_lengths(trainer, cfg: RunConfig, tokenizer, cut_lengths, data_format: str) -> dict:
+    """Apply a dpo/orpo trainer's `cut_lengths` to the rows trl tokenised (train and eval), log the counts and
+    return them as metrics."""
+    trainer.train_dataset, cut = cut_lengths(trainer.train_dataset, cfg, tokenizer.bos_token_id)
+    if trainer.eval_dataset is not None:
+        trainer.eval_dataset, _ = cut_lengths(trainer.eval_dataset, cfg, tokenizer.bos_token_id)
+    log.info("training on %d %s pairs: %d prompts cut to %d tokens, %d pairs with an answer cut",
+             len(trainer.train_dataset), data_format, cut[0], cfg.data.max_prompt_length, cut[1])
+    return {"truncated_prompts": cut[0], "truncated_answers": cut[1]}
+
+
 def cut_preference_pair(prompt: list[int], answer: list[int], cfg: RunConfig,
                         bos_id: int | None) -> tuple[list[int], list[int]]:
     """A prompt and one answer (token ids) within the dpo/orpo limits. trl 1.16 only knows one max_length for

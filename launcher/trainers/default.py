@@ -15,7 +15,7 @@ from launcher.config.schema import RunConfig
 from launcher.data.load import load_splits, sft_row
 from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
-from launcher.trainers.common import save_final, training_kwargs
+from launcher.trainers.common import train_and_save, training_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,8 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
                       callbacks=run_callbacks(cfg, tokenizer))
 
     # ---- train and save
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    kind = save_final(trainer, cfg, run_dir, tokenizer)
-    return {"train_loss": result.training_loss, "global_step": result.global_step, "saved": kind,
-            "data_format": data.format, "train_rows": len(data.train.rows), "train_sequences": len(train_set),
-            "train_tokens": train_tokens}
+    return train_and_save(trainer, cfg, run_dir, tokenizer, resume_from, data, train_sequences=len(train_set),
+                          train_tokens=train_tokens)
 
 
 def row_text(row: dict, fmt: str, tokenizer, chat: bool) -> str:

@@ -19,7 +19,9 @@ from launcher.config.schema import RunConfig
 from launcher.data.load import load_splits
 from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
-from launcher.trainers.common import cut_preference_pair, preference_datasets, save_final, training_kwargs
+from launcher.trainers.common import (
+    cut_preference_pair, limit_preference_lengths, preference_datasets, train_and_save, training_kwargs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +52,10 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train_set,
                          eval_dataset=eval_set, processing_class=tokenizer, peft_config=peft_config,
                          callbacks=run_callbacks(cfg, tokenizer))
-    trainer.train_dataset, cut = cut_lengths(trainer.train_dataset, cfg, tokenizer.bos_token_id)
-    if trainer.eval_dataset is not None:
-        trainer.eval_dataset, _ = cut_lengths(trainer.eval_dataset, cfg, tokenizer.bos_token_id)
-    log.info("training on %d %s pairs: %d prompts cut to %d tokens, %d pairs with an answer cut", len(train_set),
-             data.format, cut[0], cfg.data.max_prompt_length, cut[1])
+    cuts = limit_preference_lengths(trainer, cfg, tokenizer, cut_lengths, data.format)
 
     # ---- train and save
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    kind = save_final(trainer, cfg, run_dir, tokenizer)
-    return {"train_loss": result.training_loss, "global_step": result.global_step, "saved": kind,
-            "data_format": data.format, "train_rows": len(data.train.rows), "truncated_prompts": cut[0],
-            "truncated_answers": cut[1]}
+    return train_and_save(trainer, cfg, run_dir, tokenizer, resume_from, data, **cuts)
 
 
 def reference_model(cfg: RunConfig, tokenizer):

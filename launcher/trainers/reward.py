@@ -14,7 +14,7 @@ from launcher import models
 from launcher.config.schema import RunConfig
 from launcher.data.load import load_splits
 from launcher.distributed import runtime
-from launcher.trainers.common import preference_datasets, save_final, training_kwargs
+from launcher.trainers.common import preference_datasets, train_and_save, training_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,4 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
     log.info("training on %d pairs (%s rows)", pairs, data.format)
 
     # ---- train and save
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    kind = save_final(trainer, cfg, run_dir, tokenizer)
-    return {"train_loss": result.training_loss, "global_step": result.global_step, "saved": kind,
-            "data_format": data.format, "train_rows": len(data.train.rows), "train_pairs": pairs}
+    return train_and_save(trainer, cfg, run_dir, tokenizer, resume_from, data, train_pairs=pairs)

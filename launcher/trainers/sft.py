@@ -16,7 +16,7 @@ from launcher.data.load import load_splits
 from launcher.data.processed import main_process_first, packing_strategy, prepare_sft
 from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
-from launcher.trainers.common import planned_steps, save_final, training_kwargs
+from launcher.trainers.common import planned_steps, train_and_save, training_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,5 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
              len(data.train.rows), data.format, len(eval_set) if eval_set is not None else 0)
 
     # ---- train and save
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    kind = save_final(trainer, cfg, run_dir, tokenizer)
-    return {"train_loss": result.training_loss, "global_step": result.global_step, "saved": kind,
-            "data_format": data.format, "train_rows": len(data.train.rows), "train_sequences": len(train_set),
-            "truncated_samples": prepared.stats["train"].truncated, "data_cache": str(prepared.folder)}
+    return train_and_save(trainer, cfg, run_dir, tokenizer, resume_from, data, train_sequences=len(train_set),
+                          truncated_samples=prepared.stats["train"].truncated, data_cache=str(prepared.folder))
