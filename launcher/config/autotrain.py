@@ -260,6 +260,13 @@ def translate(doc: dict) -> Translation:
                              "set quantization: none for plain LoRA.")
             params["quantization"] = ("int4", where)
 
+    if params.get("distributed_backend", (None,))[0] == "deepspeed":
+        # AutoTrain's deepspeed is always ZeRO-3; keep that meaning (a command line can still choose the stage).
+        _set(out.values, "distributed.zero_stage", 3)
+        out.origin["distributed.zero_stage"] = params["distributed_backend"][1]
+        out.notes.append(f"{params['distributed_backend'][1]}: deepspeed runs ZeRO-3, as in AutoTrain; "
+                         "distributed.zero_stage=2 (or 1) and distributed.offload=optimizer choose otherwise.")
+
     for name, (value, where) in params.items():
         spec = PARAMS_BY_NAME[name]
         try:

@@ -517,3 +517,12 @@ def test_micro_batch_size_and_a_different_batch_size_conflict():
     out = translate({"params": {"batch_size": 2, "micro_batch_size": 4}})
     assert [p.key for p in out.problems] == ["params.micro_batch_size"]
     assert "conflicts with params.batch_size" in out.problems[0].message
+
+
+def test_autotrain_deepspeed_means_zero3_unless_the_command_line_says_otherwise(tmp_path):
+    doc = {"task": "llm-sft", "backend": "local", "params": {"distributed_backend": "deepspeed"}}
+    composed = compose_doc(tmp_path, doc)
+    assert (composed.config.distributed.backend, composed.config.distributed.zero_stage) == ("deepspeed", 3)
+    assert any("ZeRO-3, as in AutoTrain" in note for note in composed.notes)
+    assert compose_doc(tmp_path, doc, ["distributed.zero_stage=2"]).config.distributed.zero_stage == 2
+    assert compose_doc(tmp_path, {**doc, "params": {}}).config.distributed.zero_stage == 2  # our own default
