@@ -171,7 +171,8 @@ class PrecisionConfig:
 @dataclass
 class DistributedConfig:
     backend: Literal["auto", "none", "ddp", "deepspeed", "fsdp"] = "auto"
-    """How processes share the work. auto: none for one process, else DDP. [distributed_backend]"""
+    """How processes share the work. auto: none for one process; for several, DDP when the per-GPU memory
+    estimate fits, else DeepSpeed ZeRO-2, ZeRO-3, then ZeRO-3 with CPU offload (`plan` says why). [distributed_backend]"""
     zero_stage: Literal[1, 2, 3] = 2
     """DeepSpeed ZeRO stage when backend is deepspeed."""
     offload: Literal["none", "optimizer", "optimizer_and_params"] = "none"

@@ -70,7 +70,8 @@ def plan_launch(cfg: RunConfig, hw: Hardware) -> LaunchPlan:
     if not 0 <= d.node_rank < max(d.num_nodes, 1):
         problems.append(Problem("distributed.node_rank", f"{d.node_rank} is not in [0, {d.num_nodes})"))
     shape, why_none = memory.model_shape(cfg)
-    if d.backend == "auto":
+    auto = d.backend == "auto"
+    if auto:
         layout, reason, est = memory.choose(cfg, shape, why_none, world, hw.gpu_memory_gib if hw.gpus else None)
         d.backend = layout.backend
         if layout.backend == "deepspeed":
@@ -92,8 +93,9 @@ def plan_launch(cfg: RunConfig, hw: Hardware) -> LaunchPlan:
             f"{backend} needs GPUs and this machine has none: on CPU it silently trains unsharded, "
             "unsynchronised copies. Use distributed=ddp or distributed=zero3 (DeepSpeed runs on CPU).")))
     if spec.package and importlib.util.find_spec(spec.package) is None:
-        problems.append(Problem("distributed.backend",
-                                f"{backend} needs the {spec.package} package: pip install 'tunelaunch[{spec.package}]'"))
+        why = f" (distributed=auto chose it: {reason})" if auto else ""
+        problems.append(Problem("distributed.backend", f"{backend} needs the {spec.package} package: "
+                                f"pip install 'tunelaunch[{spec.package}]'{why}"))
     problems += compatibility(cfg, backend, notes)
     if est is None and world > 1:
         notes.append(f"memory: no estimate ({why_none})")
@@ -118,13 +120,14 @@ def compatibility(cfg: RunConfig, backend: str, notes: list) -> list[Problem]:
         notes.append(f"quantization: int4 under {'FSDP' if backend == 'fsdp' else 'ZeRO-3'} shards the packed 4-bit "
                      f"weights, which needs bnb_4bit_quant_storage equal to the compute dtype: set to "
                      f"{cfg.precision.mixed_precision} (launcher.models does it)")
-    if cfg.peft.enabled and cfg.training.gradient_checkpointing is True and backend == "deepspeed" and d.zero_stage == 3:
+    zero3 = backend == "deepspeed" and d.zero_stage == 3
+    if cfg.peft.enabled and cfg.training.gradient_checkpointing is True and zero3:
         notes.append(
             "gradient checkpointing: with LoRA under ZeRO-3, trl's sft/dpo/reward trainers switch to reentrant "
-            "checkpointing (use_reentrant=True, with a warning): non-reentrant recomputation met ZeRO-3's released "
-            "frozen weights ('CheckpointError: Recomputed values ... have different metadata', "
-            "deepspeedai/DeepSpeed#4332). deepspeed 0.19.8 ran both forms here; with an older one use distributed=zero2 "
-            "for the default and orpo trainers")
+            "checkpointing (use_reentrant=True, with a warning): non-reentrant recomputation met ZeRO-3's "
+            "released frozen weights ('CheckpointError: Recomputed values ... have different metadata', "
+            "deepspeedai/DeepSpeed#4332). deepspeed 0.19.8 ran both forms here; with an older one use "
+            "distributed=zero2 for the default and orpo trainers")
     if quant == "int8" and backend == "deepspeed" and d.zero_stage == 3:
         notes.append("quantization: int8 under ZeRO-3 is outside what peft documents as working (4-bit QLoRA with "
                      "quant storage); int4, or ZeRO-2, are the tested combinations")

@@ -50,7 +50,8 @@ def install(run_dir: Path) -> bool:
         hf_trainer.DEFAULT_CALLBACKS.append(probe)
     from launcher.distributed import runtime
 
-    _record.update(rank_env=runtime.rank(), world_size_env=runtime.world_size(), writes=[])
+    _record.update(rank_env=runtime.rank(), world_size_env=runtime.world_size(), writes=[],
+                   local_rank_env=runtime.local_rank(), node_rank_env=int(os.environ.get("GROUP_RANK", "0")))
     if os.environ.get(PROBE_DIR):
         if not runtime.is_main():
             _watch_writes(Path(run_dir).resolve())

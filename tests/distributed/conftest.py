@@ -1,0 +1,75 @@
+"""Helpers for the tests that train with two real processes (gloo on CPU).
+
+Each run is `tunelaunch train` in a subprocess, as a user runs it, with the probe of launcher/distributed/probe.py
+switched on through the environment: every rank writes what it saw into <probe dir>/rank<R>.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT = 600
+
+
+@dataclass
+class Run:
+    run_dir: Path
+    probe_dir: Path
+    returncode: int
+    output: str
+    seconds: float
+    probes: dict = field(default_factory=dict)
+
+    def probe(self, rank: int) -> dict:
+        assert rank in self.probes, f"rank {rank} wrote no probe file; output:\n{self.output[-4000:]}"
+        return self.probes[rank]
+
+    def ok(self) -> "Run":
+        assert self.returncode == 0, f"exit {self.returncode} after {self.seconds:.0f} s:\n{self.output[-6000:]}"
+        return self
+
+    def losses(self) -> list[float]:
+        history = json.loads((self.run_dir / "trainer_state.json").read_text())["log_history"]
+        return [h["loss"] for h in history if "loss" in h]
+
+    def launch(self) -> dict:
+        return json.loads((self.run_dir / "launch.json").read_text())
+
+
+def cli_env(probe_dir: Path | None, extra: dict | None = None) -> dict:
+    """This checkout's code first on the path; the probe on (writing into probe_dir) or off."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    for key in ("TUNELAUNCH_PROBE_DIR", "TUNELAUNCH_PROBE_FAIL_RANK"):
+        env.pop(key, None)
+    if probe_dir is not None:
+        env["TUNELAUNCH_PROBE_DIR"] = str(probe_dir)
+    env.update(extra or {})
+    return env
+
+
+def train_command(run_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "launcher.cli", "train", "recipe=sft/chat_tiny", f"project_name={run_dir}",
+            *overrides]
+
+
+def read_probes(probe_dir: Path) -> dict:
+    if not probe_dir.is_dir():
+        return {}
+    return {int(f.stem[4:]): json.loads(f.read_text()) for f in probe_dir.glob("rank*.json")}
+
+
+def train(base: Path, name: str, *overrides: str, env: dict | None = None, probe: bool = True) -> Run:
+    """`tunelaunch train recipe=sft/chat_tiny project_name=<base>/<name> ...overrides`, timed."""
+    run_dir, probe_dir = base / name, base / f"{name}-probe"
+    start = time.monotonic()
+    out = subprocess.run(train_command(run_dir, *overrides), cwd=base, env=cli_env(probe_dir if probe else None, env),
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    seconds = time.monotonic() - start
+    return Run(run_dir, probe_dir, out.returncode, out.stdout + out.stderr, seconds, read_probes(probe_dir))
