@@ -40,9 +40,9 @@ def main(argv: list[str]) -> int:
     folder = config_path.parent
     cfg = load_resolved(config_path)
     setup_logging(folder / "train.log" if runtime.is_main() else None)
-    if not runtime.is_main():
+    if not runtime.is_main() and not os.environ.get("TUNELAUNCH_LOG_ALL_RANKS"):
         # Rank 0 speaks for the job; the others print warnings and errors (their tracebacks) only, instead of
-        # repeating every line once per process.
+        # repeating every line once per process. TUNELAUNCH_LOG_ALL_RANKS=1 shows every rank's lines (debugging).
         logging.getLogger().setLevel(logging.WARNING)
     log = logging.getLogger("launcher.worker")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")

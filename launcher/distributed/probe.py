@@ -74,7 +74,8 @@ def _watch_writes(run_dir: Path) -> None:
             path, mode, flags = args
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
-            paths = [path] if writing else []
+            # an int path is a file descriptor being wrapped (os.fdopen, subprocess pipes): no file to name
+            paths = [path] if writing and isinstance(path, (str, bytes, os.PathLike)) else []
         elif event in _WRITE_EVENTS:
             paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
         else:

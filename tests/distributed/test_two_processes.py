@@ -62,6 +62,12 @@ def zero3(base):
                  f"training.max_steps={DS_STEPS}").ok()
 
 
+@pytest.fixture(scope="module")
+def zero3_offload(base):
+    return train(base, "zero3-offload", "distributed=zero3", "distributed.offload=optimizer",
+                 "distributed.num_processes=2", f"training.max_steps={DS_STEPS}").ok()
+
+
 def hashes(probe: dict, start: int = 0, stop: int | None = None) -> list[str]:
     return [b["sha256"] for b in probe["batches"][start:stop]]
 
@@ -135,6 +141,21 @@ def test_zero3_two_ranks_each_hold_half_the_parameters(zero3):
         assert abs(p["params_local"] - full / 2) <= 0.01 * full, p["params_local"]
         assert abs(p["optimizer_state_numel"] - full / 2) <= 0.01 * full
     assert zero3.probe(0)["params_local"] + zero3.probe(1)["params_local"] >= full
+
+
+def test_zero3_with_optimizer_offload(zero3_offload):
+    """The optimizer runs on the CPU (DeepSpeed's CPU Adam, which accelerate puts in place of torch's AdamW for
+    offload); the job is still one synchronised ZeRO-3 job."""
+    check_two_synchronised_ranks(zero3_offload, "DeepSpeedEngine", "DEEPSPEED", DS_STEPS,
+                                 per_rank_batches=EPOCH_BATCHES)
+    import json
+
+    ds = json.loads((zero3_offload.run_dir / "deepspeed.json").read_text())["zero_optimization"]
+    assert ds["stage"] == 3 and ds["offload_optimizer"]["device"] == "cpu" and "offload_param" not in ds
+    for rank in (0, 1):
+        p = zero3_offload.probe(rank)
+        assert p["optimizer"] == "DeepSpeedCPUAdam", p["optimizer"]
+        assert abs(p["params_local"] - p["params_full"] / 2) <= 0.01 * p["params_full"]
 
 
 def test_zero3_saves_one_whole_model(zero3):

@@ -102,7 +102,8 @@ def test_two_processes_tokenise_once(tmp_path):
     cache = tmp_path / "cache"
     run = tmp_path / "ddp-run"
     result = run_cli("train", "recipe=sft/chat_tiny", "distributed.num_processes=2", "data.packing=true",
-                     f"data.cache_dir={cache}", f"project_name={run}", "training.max_steps=2", cwd=tmp_path)
+                     f"data.cache_dir={cache}", f"project_name={run}", "training.max_steps=2", cwd=tmp_path,
+                     env={"TUNELAUNCH_LOG_ALL_RANKS": "1"})  # rank 1's info lines are hidden otherwise
     assert result.returncode == 0, result.stderr[-3000:]
     both = result.stdout + result.stderr
     assert "rank 1 of 2" in both
