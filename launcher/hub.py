@@ -12,7 +12,7 @@ from launcher.config.schema import RunConfig
 
 log = logging.getLogger(__name__)
 # Checkpoints and logs stay local; the repository gets the model, tokenizer, card and the redacted configs.
-IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.log", "runs/**", ".*", "run_state.json", "launch.json"]
+UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.log", "runs/**", ".*", "run_state.json", "launch.json"]
 
 
 def repo_id(cfg: RunConfig) -> str:
@@ -25,7 +25,7 @@ def push(folder: Path, cfg: RunConfig) -> str:
     api = HfApi(token=cfg.hub.token)
     repo = repo_id(cfg)
     api.create_repo(repo, private=cfg.hub.private, exist_ok=True)
-    api.upload_folder(repo_id=repo, folder_path=str(folder), ignore_patterns=IGNORE,
+    api.upload_folder(repo_id=repo, folder_path=str(folder), ignore_patterns=UPLOAD_IGNORE,
                       commit_message="Upload from tunelaunch")
     log.info("pushed %s to the hub as %s", folder, repo)
     return repo

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import torch
 
+from launcher.methods import METHODS
+from launcher.run_dir import read_config
+
 
 class MergeError(RuntimeError):
     pass
@@ -26,8 +29,11 @@ def merge_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     output = Path(output) if output else run_dir / "merged"
     if output.exists() and any(output.iterdir()):
         raise MergeError(f"{output} exists and is not empty; choose another --output")
-    task = json.loads(adapter_config.read_text()).get("task_type")
-    loader = AutoPeftModelForSequenceClassification if task == "SEQ_CLS" else AutoPeftModelForCausalLM
+    if (run_dir / "config.yaml").is_file():  # a run folder: its method says which head the model has
+        score_head = METHODS[read_config(run_dir).trainer.name].score_head
+    else:  # a bare adapter folder: peft's own record
+        score_head = json.loads(adapter_config.read_text()).get("task_type") == "SEQ_CLS"
+    loader = AutoPeftModelForSequenceClassification if score_head else AutoPeftModelForCausalLM
     try:
         model = loader.from_pretrained(run_dir, dtype=torch.float32)
         merged = model.merge_and_unload()

@@ -43,7 +43,7 @@ def load_tokenizer(cfg: RunConfig):
 
 def load_model(cfg: RunConfig, tok, model_class=None, **kwargs):
     """The base model, in the dtype and attention kernel the plan chose, quantized for QLoRA."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, set_seed
 
     m = cfg.model
     model_class = model_class or AutoModelForCausalLM
@@ -52,6 +52,9 @@ def load_model(cfg: RunConfig, tok, model_class=None, **kwargs):
     # so it may sit in the compute dtype to halve memory.
     dtype = compute if cfg.peft.enabled and compute is torch.bfloat16 else torch.float32
     quant = quantization_config(cfg, compute)
+    # Weights the checkpoint lacks (a reward model's new score head) are drawn here, before the Trainer seeds:
+    # without a seed two runs of one config started from different heads.
+    set_seed(cfg.training.seed)
     model = model_class.from_pretrained(
         m.name_or_path, revision=m.revision, gguf_file=m.gguf_file, dtype=dtype,
         attn_implementation=m.attn_implementation, trust_remote_code=m.trust_remote_code,
@@ -87,8 +90,7 @@ def lora_config(cfg: RunConfig, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig
 
     p = cfg.peft
-    targets = p.target_modules if p.target_modules == "all-linear" else [
-        t.strip() for t in p.target_modules.split(",") if t.strip()]
+    targets = p.target_list()
     return LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=targets,
                       bias="none", task_type=task_type)
 

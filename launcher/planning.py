@@ -1,7 +1,8 @@
-"""Compose -> validate -> resolve -> check data and output folder -> plan the launch.
+"""Compose -> validate -> check the data -> resolve every `auto` -> check the launch and the output folder.
 
 Nothing here loads model weights or tokenises data: every problem is found and reported together before
-anything expensive starts. `plan` prints the result; `train` writes it into the run folder and launches.
+anything expensive starts. `plan` prints the result; `train` (and `submit`) write it into the run folder and
+launch.
 """
 from __future__ import annotations
 
@@ -11,74 +12,63 @@ from pathlib import Path
 
 from launcher.config.compose import compose
 from launcher.config.errors import ConfigError, Problem
-from launcher.config.resolve import resolve
 from launcher.config.schema import RunConfig
-from launcher.config.validate import validate
+from launcher.config.validate import unused_keys, validate
 from launcher.data.load import DataCheck, check_data
-from launcher.distributed.hardware import Hardware
-from launcher.distributed.launch import LaunchPlan, plan_launch
+from launcher.distributed import launch
+from launcher.hardware import Hardware
+from launcher.resolve import Resolution, resolve
 from launcher.run_dir import check_run_dir
-from launcher.trainers import TRAINERS
 
 
 @dataclass
 class Plan:
     cfg: RunConfig
-    """Resolved configuration (secrets still in memory)."""
+    """Resolved configuration: the one source of truth (secrets still in memory)."""
     hardware: Hardware
-    launch: LaunchPlan
     data: DataCheck
+    resolution: Resolution
     notes: list = field(default_factory=list)
     blockers: list = field(default_factory=list)
     """Not wrong in the config, but `train` cannot start until fixed (e.g. a missing hub token)."""
-    source: str | None = None
-    origin: dict = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.cfg.project_name).expanduser()
 
+    @property
+    def world_size(self) -> int:
+        return launch.world_size(self.cfg)
+
     def hub_token(self) -> str | None:
         return self.cfg.hub.token or os.environ.get("HF_TOKEN")
 
 
-def _derive_accumulation(cfg: RunConfig, launch: LaunchPlan, notes: list) -> list[Problem]:
-    """The hosted-API batch form: a global batch over all processes fixes the accumulation steps."""
-    t = cfg.training
-    if t.global_batch_size is None:
-        return []
-    per_pass = t.batch_size * launch.world_size
-    if t.global_batch_size < per_pass or t.global_batch_size % per_pass:
-        return [Problem("training.global_batch_size / training.batch_size", (
-            f"{t.global_batch_size} is not a multiple of batch_size {t.batch_size} x world size "
-            f"{launch.world_size} = {per_pass}: choose a global batch of k x {per_pass}"))]
-    t.gradient_accumulation = t.global_batch_size // per_pass
-    notes.append(f"batch: global {t.global_batch_size} = {t.batch_size} per device x {launch.world_size} "
-                 f"process(es) x {t.gradient_accumulation} accumulation steps")
-    return []
+def _target_hardware(cfg: RunConfig) -> Hardware:
+    """The machine the workers will run on: this one, or (submitting to Slurm from outside an allocation) the
+    nodes the cluster settings describe."""
+    c = cfg.cluster
+    if c.kind == "slurm" and not os.environ.get("SLURM_JOB_ID"):
+        return Hardware.of_slurm_nodes(c.gpus_per_node, c.gpu_memory_gib, c.bf16)
+    return Hardware.detect()
 
 
 def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware | None = None) -> Plan:
     """Raise ConfigError with every problem, or return the plan."""
     composed = compose(config_file, overrides, collect=True)
     cfg = composed.config
-    hw = hardware or Hardware.detect()
+    hw = hardware or _target_hardware(cfg)
     problems = composed.problems + validate(cfg)
-    resolve_problems, notes = resolve(cfg, hw)
-    launch = plan_launch(cfg, hw)
-    problems += _derive_accumulation(cfg, launch, notes)
     data = check_data(cfg)
+    auto_backend = cfg.distributed.backend == "auto"
+    resolution = resolve(cfg, hw, data.format)
+    launch_problems, launch_notes = launch.check(cfg, hw, resolution.backend_reason if auto_backend else "")
     dir_problems, dir_notes = check_run_dir(cfg)
-    problems += resolve_problems + launch.problems + data.problems + dir_problems
-    if cfg.trainer.name not in TRAINERS:
-        problems.append(Problem("trainer.name", f"the {cfg.trainer.name} trainer is not available in this "
-                                f"version; available: {', '.join(TRAINERS)}"))
-    if data.format == "alpaca" and cfg.data.chat_template == "none":
-        cfg.data.chat_template = "alpaca"  # data.notes already says so
+    problems += data.problems + resolution.problems + launch_problems + dir_problems
     if problems:
         raise ConfigError(problems, composed.source, composed.origin)
-    plan = Plan(cfg, hw, launch, data, composed.notes + notes + launch.notes + data.notes + dir_notes,
-                source=composed.source, origin=composed.origin)
+    notes = composed.notes + unused_keys(cfg) + data.notes + resolution.notes + launch_notes + dir_notes
+    plan = Plan(cfg, hw, data, resolution, notes)
     if cfg.hub.push_to_hub and not cfg.hub.username:
         plan.blockers.append(Problem("hub.username", "push_to_hub is true but no username is set (the repository "
                                      "is username/project_name): set hub.username or HF_USERNAME"))

@@ -10,12 +10,11 @@ import math
 import sys
 from dataclasses import dataclass, field
 
-from launcher.config.errors import ConfigError
+from launcher.config.errors import EXIT_CONFIG, ConfigError
 from launcher.config.schema import RunConfig
+from launcher.methods import METHODS
 
-EXIT_CONFIG = 2
 OPEN, CLOSE = "[[", "]]"
-PREFERENCE_TRAINERS = ("dpo", "orpo", "reward")
 
 
 def main(config: str | None, overrides: list[str], show: int = 2, color: bool | None = None) -> int:
@@ -39,7 +38,7 @@ def main(config: str | None, overrides: list[str], show: int = 2, color: bool | 
         color = sys.stdout.isatty() and _has_rich()
     tokenizer = models.load_tokenizer(cfg)
     try:
-        if cfg.trainer.name in PREFERENCE_TRAINERS:
+        if METHODS[cfg.trainer.name].pairs:
             text = preference_report(cfg, tokenizer, plan.data, show)
         elif cfg.trainer.name == "sft":
             from launcher.data.processed import prepare_sft
@@ -173,12 +172,11 @@ class PreferenceStats:
 
 
 def preference_stats(cfg: RunConfig, tokenizer, rows: list, fmt: str) -> PreferenceStats:
-    """How many prompts and answers the trainers cut: dpo/orpo by `trainers.common.cut_preference_pair` (the
+    """How many prompts and answers the trainers cut: dpo/orpo by `launcher.data.encode.cut_preference_pair` (the
     prompt to max_prompt_length, each answer to max_completion_length or what block_size leaves), reward by
     block_size (no prompt)."""
-    from launcher.data.encode import preference_lengths
+    from launcher.data.encode import cut_preference_pair, preference_lengths
     from launcher.data.load import effective_template
-    from launcher.trainers.common import cut_preference_pair
 
     chat = effective_template(cfg, fmt) != "none"
     st = PreferenceStats(rows=len(rows))
@@ -198,6 +196,7 @@ def preference_stats(cfg: RunConfig, tokenizer, rows: list, fmt: str) -> Prefere
 
 
 def preference_report(cfg: RunConfig, tokenizer, data, show: int) -> str:
+    from launcher.data.encode import prompt_cap
     from launcher.data.load import conversations, effective_template
 
     d = cfg.data
@@ -226,7 +225,7 @@ def preference_report(cfg: RunConfig, tokenizer, data, show: int) -> str:
         st = preference_stats(cfg, tokenizer, split.rows, data.format)
         out.append(f"\n== {split_name}: {st.rows} rows")
         if data.format == "preference":
-            keep = min(d.max_prompt_length, d.block_size - 1)
+            keep = prompt_cap(cfg)
             out.append(f"  prompts cut to their last {keep} tokens (max_prompt_length): {st.prompt_truncated}")
             out += histogram(st.prompt_lengths, keep)
             limit = (f"max_completion_length {d.max_completion_length}" if d.max_completion_length

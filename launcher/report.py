@@ -3,13 +3,26 @@ from __future__ import annotations
 
 import yaml
 
-from launcher.distributed.launch import launch_command, memory_line, render
+from launcher.distributed.launch import node_command, render
 from launcher.planning import Plan
 from launcher.run_dir import redacted_dict
 
 
+def memory_line(plan: Plan) -> str:
+    """The estimate against the GPU memory."""
+    res, hw = plan.resolution, plan.hardware
+    est = res.estimate
+    if est is None:
+        return f"no estimate ({res.estimate_missing or 'unknown model'})"
+    if not hw.gpus or not hw.gpu_memory_gib:
+        return f"{est.describe('process')}; no GPU here to compare with"
+    verdict = "fits" if est.fits(hw.gpu_memory_gib) else "does NOT fit"
+    return f"{est.describe()} vs {hw.gpu_memory_gib:g} GiB per GPU: {verdict} (limit 90%)"
+
+
 def render_plan(plan: Plan, brief: bool = False) -> str:
-    cfg, launch, data = plan.cfg, plan.launch, plan.data
+    cfg, data = plan.cfg, plan.data
+    d = cfg.distributed
     rows = [
         ("run", str(plan.run_dir)),
         ("trainer", cfg.trainer.name + (f" (LoRA r={cfg.peft.r}" + (
@@ -20,8 +33,8 @@ def render_plan(plan: Plan, brief: bool = False) -> str:
                  f"{len(data.train.rows) if data.train else 0} train rows, "
                  f"{len(data.valid.rows) if data.valid else 0} validation rows, template {cfg.data.chat_template}"),
         ("hardware", plan.hardware.kind),
-        ("launch", f"{launch.backend} ({launch.reason}); {launch.processes_per_node} process(es) x "
-                   f"{launch.num_nodes} node(s) = world size {launch.world_size}, via {launch.launcher}"),
+        ("launch", f"{d.backend} ({plan.resolution.backend_reason}); {d.num_processes} process(es) x "
+                   f"{d.num_nodes} node(s) = world size {plan.world_size}, via {d.launcher}"),
         ("precision", f"{cfg.precision.mixed_precision}, attention {cfg.model.attn_implementation}, "
                       f"gradient checkpointing {'on' if cfg.training.gradient_checkpointing else 'off'}"),
         ("memory", memory_line(plan)),
@@ -35,10 +48,10 @@ def render_plan(plan: Plan, brief: bool = False) -> str:
         return "\n".join(out)
     out += ["", "Resolved configuration (secrets redacted):",
             "  " + yaml.safe_dump(redacted_dict(cfg), sort_keys=False).rstrip().replace("\n", "\n  ")]
-    out += ["", "Launch command" + (" per node:" if launch.num_nodes > 1 else ":")]
-    if launch.num_nodes > 1:
-        for rank in range(launch.num_nodes):
-            out.append(f"  node {rank}: {render(launch_command(cfg, launch, plan.run_dir, node_rank=rank))}")
+    out += ["", "Launch command" + (" per node:" if d.num_nodes > 1 else ":")]
+    if d.num_nodes > 1:
+        for rank in range(d.num_nodes):
+            out.append(f"  node {rank}: {render(node_command(cfg, plan.run_dir, node_rank=rank))}")
     else:
-        out.append("  " + render(launch_command(cfg, launch, plan.run_dir)))
+        out.append("  " + render(node_command(cfg, plan.run_dir)))
     return "\n".join(out)

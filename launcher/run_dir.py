@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from launcher import atomic
 from launcher.config.errors import Problem
 from launcher.config.schema import REDACTED, RunConfig
 
@@ -25,6 +26,12 @@ class RunState(Enum):
     UNFINISHED = "unfinished"
     FINISHED = "finished"
     FOREIGN = "foreign"
+
+
+def read_state(path: Path) -> dict:
+    """run_state.json of a run folder ({} when there is none)."""
+    state_file = Path(path) / STATE_FILE
+    return json.loads(state_file.read_text()) if state_file.is_file() else {}
 
 
 def run_state(path: Path) -> RunState:
@@ -68,7 +75,7 @@ def open_run_dir(cfg: RunConfig) -> Path:
 
 
 def write_state(path: Path, status: str, **extra) -> None:
-    _atomic_write(path / STATE_FILE, json.dumps({"status": status, "time": time.time(), **extra}, indent=2))
+    atomic.write_text(path / STATE_FILE, json.dumps({"status": status, "time": time.time(), **extra}, indent=2))
 
 
 def redacted_dict(cfg: RunConfig) -> dict:
@@ -78,29 +85,44 @@ def redacted_dict(cfg: RunConfig) -> dict:
     return data
 
 
+def read_config(folder: Path) -> RunConfig:
+    """The resolved configuration of a run folder, as the workers, generate, merge and push read it. The hub
+    token is never in the file: it comes from HF_TOKEN."""
+    from launcher.config.parse import from_dict
+
+    path = Path(folder) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a run folder: it has no config.yaml")
+    cfg, problems = from_dict(RunConfig, yaml.safe_load(path.read_text()))
+    if problems:
+        raise ValueError(f"{path} is not a valid resolved configuration:\n" + "\n".join(map(str, problems)))
+    cfg.hub.token = os.environ.get("HF_TOKEN")  # the secret travels in the environment only, never in the file
+    return cfg
+
+
 def write_config(path: Path, cfg: RunConfig) -> Path:
     """The resolved configuration the workers read, with secrets redacted."""
     header = "# Resolved by tunelaunch; workers read this file. Secrets are redacted (the token travels as HF_TOKEN).\n"
     target = path / "config.yaml"
-    _atomic_write(target, header + yaml.safe_dump(redacted_dict(cfg), sort_keys=False))
+    atomic.write_text(target, header + yaml.safe_dump(redacted_dict(cfg), sort_keys=False))
     return target
 
 
 def write_yaml(target: Path, data: dict) -> None:
-    _atomic_write(target, yaml.safe_dump(data, sort_keys=False))
+    atomic.write_text(target, yaml.safe_dump(data, sort_keys=False))
 
 
 def write_json(target: Path, data: dict) -> None:
-    _atomic_write(target, json.dumps(data, indent=2, default=str))
+    atomic.write_text(target, json.dumps(data, indent=2, default=str))
 
 
 def latest_checkpoint(path: Path) -> Path | None:
-    """The newest COMPLETE checkpoint: a crash mid-save leaves one without trainer_state.json, skipped here."""
-    done = [c for c in path.glob("checkpoint-*") if (c / "trainer_state.json").is_file()]
-    return max(done, key=lambda c: int(c.name.split("-")[-1]), default=None)
+    """The newest COMPLETE checkpoint. Checkpoints are written as `tmp-checkpoint-N` and renamed when every rank
+    has written its files (launcher.checkpointing), so a `checkpoint-N` is complete; trainer_state.json (written
+    last) is still required, for run folders from before that."""
+    from launcher.checkpointing import checkpoints
 
-
-def _atomic_write(target: Path, text: str) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, target)
+    if not Path(path).is_dir():
+        return None
+    done = [c for c in checkpoints(path) if (c / "trainer_state.json").is_file()]
+    return done[-1] if done else None

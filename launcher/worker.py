@@ -11,34 +11,23 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-
-def load_resolved(path: Path):
-    from launcher.config.parse import from_dict
-    from launcher.config.schema import REDACTED, RunConfig
-
-    cfg, problems = from_dict(RunConfig, yaml.safe_load(path.read_text()))
-    if problems:
-        raise SystemExit(f"{path} is not a valid resolved configuration:\n" + "\n".join(map(str, problems)))
-    if cfg.hub.token == REDACTED or cfg.hub.token is None:
-        cfg.hub.token = os.environ.get("HF_TOKEN")  # the secret travels in the environment only
-    return cfg
-
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m launcher.worker RUN_DIR/config.yaml", file=sys.stderr)
         return 2
+    from launcher import checkpointing
+
+    checkpointing.install_stop_handlers()
     from launcher import manifest, model_card, run_dir as runs
     from launcher.callbacks import plot_loss_curve
     from launcher.distributed import runtime
     from launcher.logs import setup_logging
-    from launcher.trainers import trainer_module
+    from launcher.methods import METHODS
 
     config_path = Path(argv[0]).resolve()
     folder = config_path.parent
-    cfg = load_resolved(config_path)
+    cfg = runs.read_config(folder)
     setup_logging(folder / "train.log" if runtime.is_main() else None)
     if not runtime.is_main() and not os.environ.get("TUNELAUNCH_LOG_ALL_RANKS"):
         # Rank 0 speaks for the job; the others print warnings and errors (their tracebacks) only, instead of
@@ -46,11 +35,12 @@ def main(argv: list[str]) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     log = logging.getLogger("launcher.worker")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from launcher.distributed import probe
-
-    probe.install(folder)  # test-only: does nothing unless TUNELAUNCH_PROBE_DIR / _FAIL_RANK is set
+    if cfg.training.deterministic:
+        checkpointing.setup_determinism(cfg.training.seed)
     runtime.prepare_process_state(cfg.distributed.backend)
 
+    if runtime.local_rank() == 0:  # no rank saves before training starts
+        checkpointing.remove_partial_checkpoints(folder)
     resume = runs.latest_checkpoint(folder)
     if runtime.is_main():
         runs.write_state(folder, "running", resumed_from=resume.name if resume else None)
@@ -58,7 +48,14 @@ def main(argv: list[str]) -> int:
              cfg.trainer.name, folder, f", resuming from {resume.name}" if resume else "")
     started = time.time()
     try:
-        metrics = trainer_module(cfg.trainer.name).train(cfg, folder, str(resume) if resume else None)
+        metrics = METHODS[cfg.trainer.name].module.train(cfg, folder, str(resume) if resume else None)
+        if metrics.get("preempted"):
+            if runtime.is_main():
+                runs.write_state(folder, "preempted", global_step=metrics["global_step"],
+                                 checkpoint=f"checkpoint-{metrics['global_step']}")
+            log.warning("stopped on a signal after step %d with checkpoint-%d saved: run the same command again "
+                        "to resume", metrics["global_step"], metrics["global_step"])
+            return checkpointing.PREEMPTED
         if runtime.is_main():
             metrics["seconds"] = round(time.time() - started, 1)
             manifest.write(folder, cfg, metrics)
@@ -76,7 +73,9 @@ def main(argv: list[str]) -> int:
                               "`tunelaunch push %s`.", folder, type(err).__name__, err, folder)
                     return 3
         log.info("done in %.0f s: %s", time.time() - started, metrics)
-    except BaseException:
+    except BaseException as err:
+        if runtime.is_main():
+            runs.write_state(folder, "failed", error=f"{type(err).__name__}: {err}"[:500])
         runtime.abort()  # no barrier: the other ranks may never reach it, and the job would hang
         raise
     finally:

@@ -5,14 +5,14 @@ the rest copy the value. `training_params()` runs the table backwards to write `
 """
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from launcher.config.errors import Problem
+from launcher.config.errors import Problem, did_you_mean
 from launcher.config.schema import REDACTED, RunConfig
+from launcher.methods import AUTOTRAIN_TASKS
 
 Convert = Callable[[Any, list], Any]  # (autotrain value, notes) -> native value
 
@@ -124,8 +124,6 @@ PARAMS: tuple[Param, ...] = (
           lambda v: None if v == "auto" else v),
 )
 PARAMS_BY_NAME = {p.name: p for p in PARAMS}
-TASKS = {"llm": None, "llm-generic": "default", "llm-sft": "sft", "llm-reward": "reward",
-         "llm-dpo": "dpo", "llm-orpo": "orpo"}
 BACKENDS = ("local", "local-cli")
 # Where the file's own sections put a value that is also a params name.
 TOP_LEVEL = {"base_model": "model", "project_name": "project_name", "log": "log"}
@@ -239,10 +237,10 @@ def translate(doc: dict) -> Translation:
 
     task = doc.get("task")
     if task is not None:
-        if task not in TASKS:
-            out.problems.append(Problem("task", _unknown(str(task), list(TASKS), "tasks")))
-        elif TASKS[task] is not None:
-            put("trainer", TASKS[task], "task")
+        if task not in AUTOTRAIN_TASKS:
+            out.problems.append(Problem("task", _unknown(str(task), list(AUTOTRAIN_TASKS), "tasks")))
+        elif AUTOTRAIN_TASKS[task] is not None:
+            put("trainer", AUTOTRAIN_TASKS[task], "task")
     trainer = params.get("trainer", ("default", "default"))[0]
     out.groups["trainer"] = trainer
 
@@ -298,9 +296,9 @@ def training_params(cfg: RunConfig) -> dict:
 
 
 def _unknown(key: str, known, what: str = "keys") -> str:
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    if close:
-        return f"unknown key. Did you mean '{close[0]}'?"
+    hint = did_you_mean(key, known)
+    if hint:
+        return f"unknown key.{hint}"
     return f"unknown. Known {what}: {', '.join(known)}."
 
 

@@ -7,7 +7,6 @@ or AutoTrain), then command-line overrides. Workers never compose again: they re
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +15,11 @@ import yaml
 
 from launcher import CONF_DIR, REPO_ROOT, RECIPES_DIR
 from launcher.config import autotrain
-from launcher.config.errors import ConfigError, Problem
+from launcher.config.errors import ConfigError, Problem, did_you_mean
 from launcher.config.parse import from_dict, unknown_key_message, walk_fields
 from launcher.config.schema import RunConfig
 
-GROUPS = ("trainer", "peft", "precision", "distributed", "logger")
+GROUPS = ("trainer", "peft", "precision", "distributed", "logger", "cluster")
 _SECTIONS = {f.name for f in dataclasses.fields(RunConfig)} - {"project_name", "overwrite"}  # the nested ones
 _BASE_NAME = "tunelaunch_schema_defaults"
 
@@ -136,18 +135,15 @@ def check_override_keys(overrides: list[str]) -> list[Problem]:
             options = group_options(key)
             for choice in value.split(","):  # a sweep lists several
                 if choice not in options:
-                    close = difflib.get_close_matches(choice, options, n=1)
-                    hint = f"Did you mean '{close[0]}'?" if close else f"Options: {', '.join(options)}."
-                    problems.append(Problem(key, f"no option '{choice}' in conf/{key}/. {hint}"))
+                    hint = did_you_mean(choice, options) or f" Options: {', '.join(options)}."
+                    problems.append(Problem(key, f"no option '{choice}' in conf/{key}/.{hint}"))
         elif key not in leaves and key not in nodes:
             parent, _, leaf = key.rpartition(".")
             siblings = [k.rsplit(".", 1)[-1] for k in leaves if k.rpartition(".")[0] == parent]
             if siblings:
                 problems.append(Problem(key, unknown_key_message(leaf, siblings, f"{parent}." if parent else "")))
             else:
-                close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.5)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                problems.append(Problem(key, f"unknown key.{hint}"))
+                problems.append(Problem(key, f"unknown key.{did_you_mean(key, leaves, cutoff=0.5)}"))
     return problems
 
 
@@ -187,9 +183,8 @@ def _split_recipe(overrides: list[str], problems: list) -> tuple[str | None, lis
         if override.startswith("recipe="):
             recipe = override.split("=", 1)[1].removesuffix(".yaml").removeprefix("recipes/")
             if recipe not in recipe_names():
-                close = difflib.get_close_matches(recipe, recipe_names(), n=1)
-                hint = f"Did you mean '{close[0]}'?" if close else f"Recipes: {', '.join(recipe_names())}."
-                problems.append(Problem("recipe", f"no recipe '{recipe}' in recipes/. {hint}"))
+                hint = did_you_mean(recipe, recipe_names()) or f" Recipes: {', '.join(recipe_names())}."
+                problems.append(Problem("recipe", f"no recipe '{recipe}' in recipes/.{hint}"))
                 recipe = None
         else:
             rest.append(override)

@@ -1,7 +1,11 @@
 """Problems found in a configuration, gathered and reported together."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
+
+EXIT_CONFIG = 2
+"""Exit code of every command that refuses a configuration (nothing was started)."""
 
 
 @dataclass(frozen=True)
@@ -39,3 +43,9 @@ def name_keys(problem: Problem, origin: dict) -> Problem:
     keys = [k.strip() for k in problem.key.split(" / ")]
     named = [f"{k} ({origin[k]})" if k in origin and origin[k] != k else k for k in keys]
     return Problem(" / ".join(named), problem.message)
+
+
+def did_you_mean(value: str, options, cutoff: float = 0.6, prefix: str = "") -> str:
+    """" Did you mean 'x'?" for the closest option, or "" when none is close."""
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=cutoff)
+    return f" Did you mean '{prefix}{close[0]}'?" if close else ""

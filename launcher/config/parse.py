@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import functools
 import inspect
 import types
 import typing
 from typing import Any, Literal, Union
 
-from launcher.config.errors import Problem
+from launcher.config.errors import Problem, did_you_mean
 
 
 def from_dict(cls: type, data: Any, prefix: str = "") -> tuple[Any, list[Problem]]:
@@ -41,8 +40,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> tuple[Any, list[Problem
 
 
 def unknown_key_message(key: str, known: list[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f" Did you mean '{prefix}{close[0]}'?" if close else f" Known keys here: {', '.join(sorted(known))}."
+    hint = did_you_mean(key, known, prefix=prefix) or f" Known keys here: {', '.join(sorted(known))}."
     return f"unknown key.{hint}"
 
 
@@ -65,9 +63,17 @@ def _convert(tp: Any, raw: Any, path: str) -> tuple[Any, list[Problem]]:
         allowed = typing.get_args(tp)
         if raw in allowed and type(raw) is type(allowed[allowed.index(raw)]):
             return raw, []
-        close = difflib.get_close_matches(str(raw), [str(a) for a in allowed], n=1, cutoff=0.5)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(raw, allowed, cutoff=0.5)
         return None, [Problem(path, f"got {_show(raw)}, expected one of: {', '.join(map(str, allowed))}.{hint}")]
+    if origin is list:
+        if not isinstance(raw, (list, tuple)):
+            return None, [Problem(path, f"got {_show(raw)}, expected a list of {describe_type(typing.get_args(tp)[0])}")]
+        items, problems = [], []
+        for i, item in enumerate(raw):
+            value, errs = _convert(typing.get_args(tp)[0], item, f"{path}[{i}]")
+            items.append(value)
+            problems += errs
+        return (None, problems) if problems else (items, [])
     if tp is bool:
         if isinstance(raw, bool):
             return raw, []
@@ -102,6 +108,8 @@ def describe_type(tp: Any) -> str:
         return " | ".join(map(str, typing.get_args(tp)))
     if tp is type(None):
         return "null"
+    if origin is list:
+        return f"list of {describe_type(typing.get_args(tp)[0])}"
     return {bool: "true/false", int: "a whole number", float: "a number", str: "text"}.get(tp, tp.__name__)
 
 

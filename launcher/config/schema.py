@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-TrainerName = Literal["default", "sft", "reward", "dpo", "orpo"]
+from launcher.methods import NAMES as _METHOD_NAMES
+
+TrainerName = Literal[_METHOD_NAMES]  # the rows of launcher.methods
 Auto = Literal["auto"]
 
 
@@ -87,7 +89,8 @@ class DataConfig:
 @dataclass
 class TrainerConfig:
     name: TrainerName = "sft"
-    """Training method: default (causal LM on blocks of text), sft, reward, dpo or orpo. [trainer, task]"""
+    """Training method, one of launcher.methods: default (causal LM on blocks of text), sft, reward, dpo or orpo.
+    [trainer, task]"""
     train_on: Literal["completion", "all"] = "completion"
     """sft loss on the assistant turns / completion only (with their end-of-turn token), or on all tokens."""
     beta: float = 0.1
@@ -123,6 +126,11 @@ class TrainingConfig:
     """Gradient clipping norm. [max_grad_norm]"""
     seed: int = 42
     """Seed for weights init, data order and dropout. [seed]"""
+    deterministic: bool = False
+    """Bitwise-reproducible training: deterministic kernels only (torch.use_deterministic_algorithms, cuBLAS
+    workspace, no cuDNN autotuning), as the HF Trainer's full_determinism. On CPU two runs of one config then end
+    with identical weights, and a run stopped and resumed ends with the weights of an uninterrupted one; on GPUs
+    the same holds on one machine and software stack, at some speed cost."""
     gradient_checkpointing: Union[bool, Auto] = "auto"
     """Recompute activations in the backward pass to save memory. auto: on with a GPU, off on CPU (where it
     costs 8-12x the time for nothing). [disable_gradient_checkpointing: true = false]"""
@@ -154,6 +162,12 @@ class PeftConfig:
     """Modules that get adapters: all-linear, or a comma-separated list of module names. [target_modules]"""
     merge_adapter: bool = False
     """Merge the adapter into the base weights when saving (a failed merge is an error). [merge_adapter]"""
+
+    def target_list(self) -> Union[str, list[str]]:
+        """target_modules as peft takes it: "all-linear", or the list of module names."""
+        if self.target_modules == "all-linear":
+            return "all-linear"
+        return [t.strip() for t in self.target_modules.split(",") if t.strip()]
 
 
 @dataclass
@@ -213,6 +227,61 @@ class HubConfig:
 
 
 @dataclass
+class ClusterConfig:
+    kind: Literal["local", "slurm"] = "local"
+    """Where the run starts: local (this machine, `tunelaunch train`) or slurm (`tunelaunch submit`, or
+    `sbatch slurm/train.sbatch`)."""
+    nodes: int = 1
+    """Slurm nodes; each runs one launcher that starts distributed.num_processes workers. Sets
+    distributed.num_nodes."""
+    gpus_per_node: int = 0
+    """GPUs requested per node (`--gpus-per-node`); 0 = CPU nodes. distributed.num_processes follows it."""
+    gpu_memory_gib: Optional[float] = None
+    """Memory of one of the nodes' GPUs, for the memory estimate and distributed=auto (null = unknown: DDP)."""
+    bf16: bool = True
+    """Whether the nodes' GPUs compute in bf16 (Ampere or newer); false makes precision auto choose fp16."""
+    cpus_per_task: Optional[int] = None
+    """CPU cores for each node's launcher and its workers (`--cpus-per-task`)."""
+    mem: Optional[str] = None
+    """Memory per node (`--mem`), e.g. 64G or 500000M; null = the partition's default."""
+    time: Optional[str] = None
+    """Time limit (`--time`): minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS; null = the partition's."""
+    partition: Optional[str] = None
+    """Slurm partition (`--partition`)."""
+    account: Optional[str] = None
+    """Account charged (`--account`)."""
+    qos: Optional[str] = None
+    """Quality of service (`--qos`)."""
+    constraint: Optional[str] = None
+    """Node features required (`--constraint`), e.g. a100|h100."""
+    extra_directives: list[str] = field(default_factory=list)
+    """More `#SBATCH` options, written as given, e.g. ["--exclusive", "--reservation=big"]. No shell variables:
+    Slurm does not expand them in #SBATCH lines."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run on every node before training: module loads, `source .venv/bin/activate`,
+    `conda activate env`."""
+    wrapper: Optional[str] = None
+    """A command the per-node launcher runs inside, e.g. `apptainer exec --nv image.sif` (a container)."""
+    python: Optional[str] = None
+    """The Python that runs tunelaunch on the nodes; null = the one running `submit` (a venv on a shared
+    filesystem). Set `python` when the setup lines activate an environment."""
+    signal_lead: int = 120
+    """Seconds before the time limit at which Slurm signals the job (`--signal=B:USR1@N`): every rank then
+    saves a complete checkpoint and the job requeues itself."""
+    max_requeues: int = 3
+    """How many times a preempted or timed-out job requeues itself before it gives up."""
+    log_dir: Optional[str] = None
+    """Folder of the jobs' stdout/stderr; null = `<project_name>/slurm`."""
+    array_parallelism: Optional[int] = None
+    """Sweeps (`submit -m`): at most this many trials run at once (the job array's %K); null = no limit."""
+    preprocess_job: bool = False
+    """Tokenise and pack the data in a CPU job of its own first; training starts after it succeeds
+    (`--dependency=afterok`) and reuses its cache (data.cache_dir must be on a filesystem the nodes share)."""
+    preprocess_partition: Optional[str] = None
+    """Partition of the preprocessing job (null = the training partition)."""
+
+
+@dataclass
 class RunConfig:
     project_name: str = "project-name"
     """Name of the run and its output folder (a relative path is taken from the working directory). [project_name]"""
@@ -239,7 +308,8 @@ class RunConfig:
     """Metrics logging."""
     hub: HubConfig = field(default_factory=HubConfig)
     """Publishing to the Hugging Face Hub."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Where the run starts: this machine, or a Slurm cluster."""
 
 
-SECRET_KEYS = ("hub.token",)
 REDACTED = "<redacted>"

@@ -1,17 +1,22 @@
 """Cross-field rules of a configuration. Each rule is a small function; `validate` runs them all and returns
-every problem, so one report lists everything to fix."""
+every problem, so one report lists everything to fix.
+
+A rule binds only the trainers and options that read its keys (launcher.methods says which method reads
+which key): a key the run does not read is never a reason to refuse it. `unused_keys` notes the ones a user
+set for nothing."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 from typing import Callable, Iterator
 
-from launcher.config.errors import Problem
+from launcher import methods
+from launcher.config.errors import Problem, did_you_mean
 from launcher.config.schema import RunConfig
+from launcher.data.templates import NAMES as TEMPLATE_NAMES
 
 Rule = Callable[[RunConfig], Iterator[Problem]]
 RULES: list[Rule] = []
-TEMPLATES = ("none", "chatml", "zephyr", "alpaca", "tokenizer")
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
@@ -65,7 +70,7 @@ def lengths(cfg):
     eff = effective_block_size(cfg)
     for name, value in (("max_prompt_length", cfg.data.max_prompt_length),
                         ("max_completion_length", cfg.data.max_completion_length)):
-        if value is None:
+        if value is None or not methods.reads(cfg.trainer.name, f"data.{name}"):
             continue
         if value < 1:
             yield Problem(f"data.{name}", f"must be positive, got {value}")
@@ -113,30 +118,95 @@ def adapters(cfg):
         yield Problem("quantization.mode / peft.enabled",
                       f"{cfg.quantization.mode} weights cannot be fully fine-tuned: set peft.enabled=true "
                       "(QLoRA) or quantization.mode=none")
-    if p.merge_adapter and not p.enabled:
-        yield Problem("peft.merge_adapter", "there is no adapter to merge without peft.enabled=true")
 
 
 @rule
 def chat_template(cfg):
     name = cfg.data.chat_template
-    if name not in TEMPLATES and not Path(name).expanduser().is_file():
+    if name not in TEMPLATE_NAMES and not Path(name).expanduser().is_file():
         yield Problem("data.chat_template",
-                      f"'{name}' is neither a template name ({', '.join(TEMPLATES)}) nor an existing Jinja file")
+                      f"'{name}' is neither a template name ({', '.join(TEMPLATE_NAMES)}) nor an existing Jinja file")
+
+
+# Slurm's --time forms: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
+_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
+_MEM = re.compile(r"^\d+[KMGT]?$")
 
 
 @rule
-def trainer_options(cfg):
-    if cfg.trainer.model_ref and cfg.trainer.name != "dpo":
-        yield Problem("trainer.model_ref", f"only the dpo trainer uses a reference model, not {cfg.trainer.name}")
+def cluster(cfg):
+    """Slurm settings, checked before anything is submitted (a Slurm rejection would come later, or never)."""
+    c, d = cfg.cluster, cfg.distributed
+    if c.kind != "slurm":
+        return
+    if c.nodes < 1:
+        yield Problem("cluster.nodes", f"must be at least 1, got {c.nodes}")
+    if c.gpus_per_node < 0:
+        yield Problem("cluster.gpus_per_node", f"must not be negative, got {c.gpus_per_node}")
+    if c.time is not None and not _TIME.match(c.time):
+        yield Problem("cluster.time", f"'{c.time}' is not a Slurm time limit: use minutes (90), HH:MM:SS (01:30:00), "
+                      "D-HH (2-12) or D-HH:MM:SS")
+    if c.mem is not None and not _MEM.match(c.mem):
+        yield Problem("cluster.mem", f"'{c.mem}' is not a Slurm memory size: a number with K, M, G or T, e.g. 64G")
+    if c.gpus_per_node and d.num_processes is not None and d.num_processes != c.gpus_per_node:
+        yield Problem("distributed.num_processes / cluster.gpus_per_node", (
+            f"{d.num_processes} processes per node but {c.gpus_per_node} GPUs requested per node: one process "
+            "drives one GPU, so leave distributed.num_processes unset (it follows the GPUs) or make them equal"))
+    if d.num_nodes not in (1, c.nodes):
+        yield Problem("distributed.num_nodes / cluster.nodes", (
+            f"distributed.num_nodes {d.num_nodes} disagrees with cluster.nodes {c.nodes}: on Slurm set only "
+            "cluster.nodes"))
+    for key, value, least in (("cluster.cpus_per_task", c.cpus_per_task, 1), ("cluster.signal_lead", c.signal_lead, 1),
+                              ("cluster.max_requeues", c.max_requeues, 0),
+                              ("cluster.array_parallelism", c.array_parallelism, 1)):
+        if value is not None and value < least:
+            yield Problem(key, f"must be at least {least}, got {value}")
+    for i, directive in enumerate(c.extra_directives):
+        if not directive.startswith("-"):
+            yield Problem(f"cluster.extra_directives[{i}]", f"'{directive}' is not an sbatch option (e.g. --exclusive)")
+        elif "$" in directive or "`" in directive:
+            yield Problem(f"cluster.extra_directives[{i}]", (
+                f"'{directive}' holds a shell variable or command: Slurm does not expand them in #SBATCH lines, "
+                "so write the value itself"))
+    for key, value in (("cluster.partition", c.partition), ("cluster.account", c.account), ("cluster.qos", c.qos),
+                       ("cluster.constraint", c.constraint), ("cluster.preprocess_partition", c.preprocess_partition)):
+        if value is not None and ("$" in value or any(ch.isspace() for ch in value)):
+            yield Problem(key, f"'{value}' must be a plain name (no spaces or shell variables)")
+
+
+def unused_keys(cfg: RunConfig) -> list[str]:
+    """Notes for keys set away from their defaults that this run does not read."""
+    from launcher.config.schema import RunConfig as Defaults
+
+    default, notes = Defaults(), []
+    for key in sorted({k for m in methods.METHODS.values() for k in m.reads}):
+        section, leaf = key.split(".")
+        value = getattr(getattr(cfg, section), leaf)
+        if value != getattr(getattr(default, section), leaf) and not methods.reads(cfg.trainer.name, key):
+            notes.append(f"{key}: {value} is not used by the {cfg.trainer.name} trainer "
+                         f"(read by {', '.join(methods.readers(key))})")
+    if cfg.peft.merge_adapter and not cfg.peft.enabled:
+        notes.append("peft.merge_adapter: ignored, there is no adapter to merge without peft.enabled=true")
+    return notes
+
+
+@rule
+def packages(cfg):
+    """Optional packages the configuration needs, found without importing them."""
+    import importlib.util
+
+    needed = (("bitsandbytes", "quantization.mode", cfg.quantization.mode != "none"),
+              ("tensorboard", "logging.report_to", cfg.logging.report_to == "tensorboard"),
+              ("wandb", "logging.report_to", cfg.logging.report_to == "wandb"),
+              ("gguf", "model.gguf_file", bool(cfg.model.gguf_file)))
+    for package, key, wanted in needed:
+        if wanted and importlib.util.find_spec(package) is None:
+            yield Problem(key, f"needs the {package} package: pip install {package}")
 
 
 def _named_choice(key: str, value: str, names: list[str]) -> Iterator[Problem]:
     if value not in names:
-        import difflib
-
-        close = difflib.get_close_matches(value, names, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(value, names)
         yield Problem(key, f"unknown name '{value}'.{hint} Known: {', '.join(names)}")
 
 

@@ -119,7 +119,7 @@ class SFTEncoder:
             from trl.chat_template_utils import get_training_chat_template
 
             patched = get_training_chat_template(self.tok)
-        except Exception:  # trl does not know this template (or cannot probe it): locate replies by prefix
+        except Exception:  # trl does not know this template (or cannot read it): locate replies by prefix
             patched = None
         if patched:
             return patched, "markers"
@@ -194,3 +194,25 @@ def _as_messages(value, role: str) -> list[dict]:
 
 def _plain(value) -> str:
     return value if isinstance(value, str) else "\n".join(m["content"] for m in value)
+
+
+# ---- preference pairs: the dpo/orpo length limits (trl 1.16 only knows one max_length for the whole sequence)
+
+def prompt_cap(cfg) -> int:
+    """Longest prompt a dpo/orpo pair keeps: max_prompt_length, always leaving room for an answer token."""
+    return min(cfg.data.max_prompt_length, cfg.data.block_size - 1)
+
+
+def cut_preference_pair(prompt: list[int], answer: list[int], cfg, bos_id: Optional[int]) -> tuple[list[int], list[int]]:
+    """A prompt and one answer (token ids) within the dpo/orpo limits. trl 1.16 only knows one max_length for
+    the whole sequence, so the limits are ours: the prompt keeps its END (the question next to the answer; a
+    leading bos stays), at most data.max_prompt_length tokens and always leaving room for an answer token; the
+    answer keeps its START, at most data.max_completion_length (null: what block_size leaves after the prompt);
+    together they never exceed block_size."""
+    d = cfg.data
+    keep = prompt_cap(cfg)
+    if len(prompt) > keep:
+        head = prompt[:1] if bos_id is not None and prompt[:1] == [bos_id] else []
+        prompt = head + prompt[len(prompt) - (keep - len(head)):]
+    room = d.block_size - len(prompt)
+    return prompt, answer[:min(d.max_completion_length or room, room)]

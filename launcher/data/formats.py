@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from launcher.config.schema import DataConfig
+from launcher.methods import METHODS
 
 ROLES = ("system", "user", "assistant")
 
@@ -17,21 +18,23 @@ class Format:
     name: str
     columns: tuple[str, ...]
     """Canonical columns every row must have."""
-    trainers: tuple[str, ...]
-    """Trainers that take this format."""
+
+    @property
+    def trainers(self) -> tuple[str, ...]:
+        """Trainers that take this format (the methods table says)."""
+        return tuple(m.name for m in METHODS.values() if self.name in m.formats)
 
 
 # Detection tries these in order: the first whose columns are all present wins.
 FORMATS = (
-    Format("preference", ("prompt", "chosen", "rejected"), ("dpo", "orpo", "reward")),
-    Format("reward_pair", ("chosen", "rejected"), ("reward",)),
-    Format("alpaca", ("instruction", "output"), ("sft", "default")),
-    Format("prompt_completion", ("prompt", "completion"), ("sft", "default")),
-    Format("messages", ("messages",), ("sft", "default")),
-    Format("text", ("text",), ("sft", "default")),
+    Format("preference", ("prompt", "chosen", "rejected")),
+    Format("reward_pair", ("chosen", "rejected")),
+    Format("alpaca", ("instruction", "output")),
+    Format("prompt_completion", ("prompt", "completion")),
+    Format("messages", ("messages",)),
+    Format("text", ("text",)),
 )
 BY_NAME = {f.name: f for f in FORMATS}
-PREFERENCE_TRAINERS = ("reward", "dpo", "orpo")
 # AutoTrain names the preferred and rejected answers `text` and `rejected_text`.
 PREFERENCE_ALIASES = {"text": "chosen", "rejected_text": "rejected"}
 
@@ -45,7 +48,7 @@ def rename_map(cfg: DataConfig, trainer: str) -> dict[str, str]:
 
     For sft, a prompt column makes the text column the completion (prompt/completion rows)."""
     cols = cfg.column_mapping
-    preference = trainer in PREFERENCE_TRAINERS
+    preference = METHODS[trainer].pairs
     mapping = {}
     if preference:
         if cols.text_column != "text" or cols.rejected_text_column:
@@ -63,7 +66,7 @@ def rename_map(cfg: DataConfig, trainer: str) -> dict[str, str]:
 
 def apply_aliases(columns: list[str], trainer: str) -> dict[str, str]:
     """Renames that make AutoTrain's preference columns (text, rejected_text) canonical, when unambiguous."""
-    if trainer not in PREFERENCE_TRAINERS or "chosen" in columns or "rejected" in columns:
+    if not METHODS[trainer].pairs or "chosen" in columns or "rejected" in columns:
         return {}
     if not set(PREFERENCE_ALIASES) <= set(columns):
         return {}

@@ -14,6 +14,7 @@ from typing import Optional
 from launcher.config.errors import Problem
 from launcher.config.schema import RunConfig
 from launcher.data import formats
+from launcher.methods import METHODS
 from launcher.data.files import DataFileError, SplitSource, locate, read_hub_rows, read_rows
 from launcher.data.templates import (
     BUILTIN, alpaca_messages, get_template, has_generation_markers, model_chat_template, model_special_tokens, render,
@@ -157,7 +158,7 @@ def _check_rows(cfg: RunConfig, split: Split, out: DataCheck, raw_rows: list | N
     if cfg.trainer.name not in fmt.trainers:
         out.problems.append(Problem("data.format", (
             f"{where}: rows are {fmt.name} ({', '.join(fmt.columns)}), which the {cfg.trainer.name} trainer "
-            f"cannot use; it takes {', '.join(f.name for f in formats.FORMATS if cfg.trainer.name in f.trainers)}")))
+            f"cannot use; it takes {', '.join(METHODS[cfg.trainer.name].formats)}")))
         return
     if out.format and out.format != fmt.name:
         out.problems.append(Problem("data.valid_split", f"{where}: {fmt.name} rows, but train is {out.format}"))
@@ -184,15 +185,11 @@ def _add_row_errors(out: DataCheck, where: str, errors: list[str], key: str = "d
 def _check_template(cfg: RunConfig, fmt: str, out: DataCheck) -> None:
     if cfg.data.chat_template != "none":
         return
-    if fmt == "messages":
+    if fmt == "messages":  # (Alpaca rows under none get the alpaca template: launcher.resolve says so)
         problem = Problem("data.chat_template", "rows are chat messages but chat_template is none: set chatml, "
                           "zephyr, tokenizer (the model's own) or a Jinja file")
         if problem not in out.problems:
             out.problems.append(problem)
-    elif fmt == "alpaca":
-        note = "data: Alpaca rows with chat_template none are rendered with the alpaca template"
-        if note not in out.notes:
-            out.notes.append(note)
 
 
 def _template_source(cfg: RunConfig, name: str, out: DataCheck) -> Optional[tuple[str, dict]]:
@@ -300,6 +297,11 @@ def _select_validation(cfg: RunConfig, out: DataCheck) -> None:
 
 def _check_packing(cfg: RunConfig, out: DataCheck) -> None:
     d = cfg.data
+    if not d.packing:  # the packing keys are read only with packing on: noted, never refused
+        for key, value in (("wrap_packed_sequences", d.wrap_packed_sequences), ("chunk_size", d.chunk_size)):
+            if value:
+                _note(out, f"data: {key} is ignored because data.packing is off")
+        return
     if d.chunk_size is not None:
         if d.chunk_size < 1:
             out.problems.append(Problem("data.chunk_size", f"must be a positive length, got {d.chunk_size}"))
@@ -308,21 +310,9 @@ def _check_packing(cfg: RunConfig, out: DataCheck) -> None:
             out.problems.append(Problem("data.chunk_size / model.max_length", (
                 f"chunk_size {d.chunk_size} exceeds model max length {cfg.model.max_length}")))
             return
-    if not d.packing:
-        for key, value in (("wrap_packed_sequences", d.wrap_packed_sequences), ("chunk_size", d.chunk_size)):
-            if value:
-                _note(out, f"data: {key} is ignored because data.packing is off")
-        return
-    length = d.chunk_size or d.block_size
     if cfg.trainer.name != "sft":
         _note(out, f"data: packing applies to the sft trainer only; the {cfg.trainer.name} trainer ignores it")
-    elif d.wrap_packed_sequences:
-        _note(out, f"data: packing (wrapped): all samples are concatenated and cut into blocks of {length} tokens; "
-                   "every block is full, but samples are split across blocks and attend to their neighbours")
-    else:
-        _note(out, f"data: packing: samples are packed best-fit into sequences of up to {length} tokens; position "
-                   f"ids restart at each sample, so with {cfg.model.attn_implementation} attention no sample attends "
-                   "to another (padding-free, no pad tokens computed)")
+    # (how the sft trainer packs is stated by launcher.resolve, once the block size is concrete)
 
 
 def _note(out: DataCheck, note: str) -> None:
@@ -357,16 +347,14 @@ def _text_like(found: list[str]) -> list[str]:
 
 def _no_format_message(where, found: list[str], cfg: RunConfig) -> str:
     trainer = cfg.trainer.name
-    needs = {"sft": "text, messages, prompt+completion or instruction+output",
-             "default": "text", "reward": "text+rejected_text or chosen+rejected",
-             "dpo": "prompt+chosen+rejected (or prompt+text+rejected_text)",
-             "orpo": "prompt+chosen+rejected (or prompt+text+rejected_text)"}[trainer]
+    method = METHODS[trainer]
+    needs = method.needs
     cols = _text_like(found) or ["<column>"]
     first, second, third = (cols + ["<column>"] * 3)[:3]
-    if trainer in ("dpo", "orpo"):
+    if method.pairs and "preference" in method.formats:
         fix = (f"data.column_mapping.prompt_text_column={first} data.column_mapping.text_column={second} "
                f"data.column_mapping.rejected_text_column={third}")
-    elif trainer == "reward":
+    elif method.pairs:
         fix = f"data.column_mapping.text_column={first} data.column_mapping.rejected_text_column={second}"
     elif trainer == "sft" and len(cols) >= 2:
         fix = (f"data.column_mapping.text_column={first} (one text column), or data.column_mapping.prompt_text_"

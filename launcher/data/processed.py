@@ -19,11 +19,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from launcher import atomic
 from launcher.config.schema import RunConfig
 from launcher.data.encode import IGNORE, EncodeError, SFTEncoder
 from launcher.data.load import DataCheck, effective_template
@@ -275,9 +275,7 @@ def _split_across(lengths: list[int], block: int) -> int:
 def _save(folder: Path, key: str, parts: dict, train, valid, samples: dict, stats: dict) -> None:
     if (folder / "stats.json").is_file():
         return  # another process finished it first
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=folder.parent))
-    try:
+    with atomic.folder(folder, complete_marker="stats.json") as tmp:
         for name, dataset in (("train", train), ("valid", valid)):
             if dataset is None:
                 continue
@@ -286,14 +284,6 @@ def _save(folder: Path, key: str, parts: dict, train, valid, samples: dict, stat
                 samples[name].save_to_disk(str(tmp / f"{name}-samples"))
         (tmp / "key.json").write_text(json.dumps(parts, indent=1, sort_keys=True))
         (tmp / "stats.json").write_text(json.dumps({n: asdict(s) for n, s in stats.items()}))
-        tmp.chmod(0o755)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / "stats.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _discard(folder: Path) -> None:

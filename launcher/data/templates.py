@@ -76,6 +76,8 @@ BUILTIN = {
     "alpaca": Template("alpaca", ALPACA, None),
     "tokenizer": Template("tokenizer", None, None),
 }
+NAMES = ("none", *BUILTIN)
+"""Every value data.chat_template takes besides a Jinja file."""
 
 
 def get_template(name: str) -> Optional[Template]:

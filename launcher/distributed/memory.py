@@ -22,7 +22,7 @@ Full fine-tune (every parameter trained), bytes per parameter:
   (estimate_zero2/zero3_model_states_mem_needs: 2P + 18P/N for ZeRO-2, 2P with offload, 2P/N + 4 x largest
   layer for ZeRO-3 with optimizer offload, 4 x largest layer with both), except ZeRO-3 without offload, where
   DeepSpeed says 18P/N + 4 x largest layer and we count 20P/N (2 + 2 + 4 + 4 + 8, the terms above);
-  tests/unit/test_memory.py compares with them.
+  tests/unit/distributed/test_memory.py compares with them.
 
 LoRA / QLoRA: the base is frozen (weights only, no gradients or optimizer states):
     base weights   Linear layers of the blocks: 0.55 bytes (int4 NF4 with double-quantized scales), 1 (int8),
@@ -52,7 +52,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.config.schema import RunConfig
+from launcher.config.schema import DistributedConfig, RunConfig
+from launcher.distributed.backends import BACKENDS
 
 GIB = 2**30
 OVERHEAD_BYTES = 1 * GIB
@@ -84,16 +85,28 @@ class ModelShape:
 @dataclass(frozen=True)
 class Layout:
     """How a run spreads over processes: the candidates `auto` chooses between."""
-    backend: str  # none | ddp | deepspeed | fsdp
+    backend: str
+    """A row of launcher.distributed.backends."""
     zero_stage: int = 0
     offload: str = "none"
 
     @property
+    def zero(self) -> bool:
+        return BACKENDS[self.backend].zero
+
+    @property
     def label(self) -> str:
-        if self.backend != "deepspeed":
-            return {"ddp": "DDP", "fsdp": "FSDP"}.get(self.backend, self.backend)
-        off = {"none": "", "optimizer": " + optimizer offload", "optimizer_and_params": " + full offload"}
-        return f"ZeRO-{self.zero_stage}{off[self.offload]}"
+        return BACKENDS[self.backend].label(DistributedConfig(self.backend, self.zero_stage or 2, self.offload))
+
+    def apply(self, d: DistributedConfig) -> None:
+        """Make the configuration say this layout: the backend, and ZeRO's stage and offload where they apply."""
+        d.backend = self.backend
+        if self.zero:
+            d.zero_stage, d.offload = self.zero_stage, self.offload
+
+    @classmethod
+    def of(cls, d: DistributedConfig) -> "Layout":
+        return cls(d.backend, d.zero_stage, d.offload) if BACKENDS[d.backend].zero else cls(d.backend)
 
 
 @dataclass
@@ -137,13 +150,13 @@ def model_shape(cfg: RunConfig) -> tuple[ModelShape | None, str]:
         return None, (f"{cfg.model.name_or_path} is not a local folder with a config.json "
                       "(plan downloads nothing); download it first for an estimate")
     try:
-        return shape_from_config(json.loads((folder / "config.json").read_text()), cfg.peft.target_modules,
+        return shape_from_config(json.loads((folder / "config.json").read_text()), cfg.peft.target_list(),
                                  trust_remote_code=cfg.model.trust_remote_code, folder=folder), ""
     except Exception as err:  # an architecture transformers cannot build: say so, do not fail the plan
         return None, f"transformers could not build {folder.name} from its config.json ({type(err).__name__}: {err})"
 
 
-def shape_from_config(config: dict, target_modules: str = "all-linear", trust_remote_code: bool = False,
+def shape_from_config(config: dict, target_modules: str | list[str] = "all-linear", trust_remote_code: bool = False,
                       folder: Path | None = None) -> ModelShape:
     """Instantiate the architecture on the meta device (no memory, no weights) and count."""
     import torch
@@ -158,7 +171,7 @@ def shape_from_config(config: dict, target_modules: str = "all-linear", trust_re
         model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
     text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
     output = model.get_output_embeddings()
-    targets = None if target_modules == "all-linear" else [t.strip() for t in target_modules.split(",") if t.strip()]
+    targets = None if target_modules == "all-linear" else target_modules
     linear_params = lora_in_out = 0
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or module is output:
@@ -200,7 +213,7 @@ def estimate(cfg: RunConfig, shape: ModelShape, layout: Layout, world: int) -> E
     """Per-GPU bytes for a resolved config on `world` processes laid out as `layout`."""
     mp = cfg.precision.mixed_precision
     act_bytes = 2 if mp in ("bf16", "fp16") else 4
-    ds = layout.backend == "deepspeed"
+    ds = layout.zero
     n = world if ds else 1
     stage, offload = (layout.zero_stage, layout.offload) if ds else (0, "none")
     k = optimizer_state_bytes(cfg.training.optimizer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from launcher.distributed.deepspeed import FILE_NAME as DEEPSPEED_FILE
+from launcher.distributed.backends import BACKENDS
 
 
 def world_size() -> int:
@@ -30,33 +30,23 @@ def _cpu_processes() -> bool:
 
 
 def trainer_process_kwargs(backend: str, run_dir: Path) -> dict:
-    """TrainingArguments that place this process in the job: DeepSpeed's config file, and on a machine without
-    CUDA the settings without which accelerate 1.15 counts ONE process.
+    """TrainingArguments that place this process in the job: the backend's own (DeepSpeed's config file), and on
+    a machine without CUDA the settings without which accelerate 1.15 counts ONE process.
 
     There, left to itself, accelerate initialises the gloo process group but records no backend, so the
     Trainer sees world size 1 (DistributedType.NO): no DDP wrapper, every rank trains its own copy on the same
     batches and writes the run folder as rank 0, and DeepSpeed stops on a train_batch_size that assumed one
-    process. use_cpu + gloo gives accelerate's MULTI_CPU (DDP over gloo); DeepSpeed gets a process state
-    prepared before the Trainer (prepare_process_state) that the Trainer is told to reuse. All measured with
-    the probe of tests/distributed."""
-    kwargs = {"deepspeed": str(run_dir / DEEPSPEED_FILE)} if backend == "deepspeed" else {}
-    if not _cpu_processes():
-        return kwargs
-    if backend == "deepspeed":
-        return {**kwargs, "accelerator_config": {"use_configured_state": True}}
-    return {**kwargs, "use_cpu": True, "ddp_backend": "gloo"}
+    process. DDP gets use_cpu + gloo (accelerate's MULTI_CPU, DDP over gloo); DeepSpeed gets a process state
+    prepared before the Trainer (prepare_process_state) that the Trainer is told to reuse. All measured from
+    inside the ranks by tests/distributed."""
+    return BACKENDS[backend].trainer_kwargs(run_dir, _cpu_processes())
 
 
 def prepare_process_state(backend: str) -> None:
-    """Before the Trainer: for DeepSpeed on several CPU processes, set up accelerate's process state with the
-    gloo backend (it runs deepspeed.init_distributed(dist_backend="gloo")), so it counts every process."""
-    if backend != "deepspeed" or not _cpu_processes():
-        return
-    from accelerate import PartialState
-
-    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # accelerate launch sets it; torchrun does not
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    PartialState(backend="gloo")
+    """Before the Trainer: the backend's own process-state setup, where several processes run without CUDA."""
+    prepare = BACKENDS[backend].prepare_state
+    if prepare is not None and _cpu_processes():
+        prepare()
 
 
 def teardown() -> None:

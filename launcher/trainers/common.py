@@ -5,6 +5,7 @@ import logging
 import math
 from pathlib import Path
 
+from launcher.checkpointing import prepare_trainer
 from launcher.config.schema import RunConfig
 from launcher.distributed import runtime
 
@@ -90,7 +91,10 @@ def train_and_save(trainer, cfg: RunConfig, run_dir: Path, tokenizer, resume_fro
                    **metrics) -> dict:
     """Train (from the checkpoint to resume, if any), save, and return the metrics every trainer reports plus
     its own."""
+    stop = prepare_trainer(trainer)  # exact resume, atomic checkpoints, stop on a signal
     result = trainer.train(resume_from_checkpoint=resume_from)
+    if stop.stopped_at is not None:  # a complete checkpoint was written at this step; the run is unfinished
+        return {"preempted": True, "global_step": stop.stopped_at, "train_loss": result.training_loss}
     kind = save_final(trainer, cfg, run_dir, tokenizer)
     return {"train_loss": result.training_loss, "global_step": result.global_step, "saved": kind,
             "data_format": data.format, "train_rows": len(data.train.rows), **metrics}
@@ -105,22 +109,6 @@ def limit_preference_lengths(trainer, cfg: RunConfig, tokenizer, cut_lengths, da
     log.info("training on %d %s pairs: %d prompts cut to %d tokens, %d pairs with an answer cut",
              len(trainer.train_dataset), data_format, cut[0], cfg.data.max_prompt_length, cut[1])
     return {"truncated_prompts": cut[0], "truncated_answers": cut[1]}
-
-
-def cut_preference_pair(prompt: list[int], answer: list[int], cfg: RunConfig,
-                        bos_id: int | None) -> tuple[list[int], list[int]]:
-    """A prompt and one answer (token ids) within the dpo/orpo limits. trl 1.16 only knows one max_length for
-    the whole sequence, so the limits are ours: the prompt keeps its END (the question next to the answer; a
-    leading bos stays), at most data.max_prompt_length tokens and always leaving room for an answer token; the
-    answer keeps its START, at most data.max_completion_length (null: what block_size leaves after the prompt);
-    together they never exceed block_size."""
-    d = cfg.data
-    keep = min(d.max_prompt_length, d.block_size - 1)
-    if len(prompt) > keep:
-        head = prompt[:1] if bos_id is not None and prompt[:1] == [bos_id] else []
-        prompt = head + prompt[len(prompt) - (keep - len(head)):]
-    room = d.block_size - len(prompt)
-    return prompt, answer[:min(d.max_completion_length or room, room)]
 
 
 def preference_datasets(cfg: RunConfig, data, tokenizer) -> tuple:

@@ -3,7 +3,7 @@ rejected one relative to a frozen reference model, with strength trainer.beta.
 
 Data: prompt/chosen/rejected rows, strings or message lists (with a chat template they are conversations, rendered
 by the tokenizer's template). Prompts keep their last data.max_prompt_length tokens and answers their first
-data.max_completion_length (see common.cut_preference_pair); the cuts are counted and logged.
+data.max_completion_length (see launcher.data.encode.cut_preference_pair); the cuts are counted and logged.
 Reference: trainer.model_ref when given; with LoRA and none, the base itself with the adapter switched off;
 otherwise a second copy of the base, loaded as the base is.
 """
@@ -16,11 +16,12 @@ from pathlib import Path
 from launcher import models
 from launcher.callbacks import run_callbacks
 from launcher.config.schema import RunConfig
+from launcher.data.encode import cut_preference_pair
 from launcher.data.load import load_splits
 from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
 from launcher.trainers.common import (
-    cut_preference_pair, limit_preference_lengths, preference_datasets, train_and_save, training_kwargs,
+    limit_preference_lengths, preference_datasets, train_and_save, training_kwargs,
 )
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ plus trainer.beta times a loss that raises its odds over the rejected one; no re
 
 Data: prompt/chosen/rejected rows as for dpo (with a chat template trl renders them to text first). Prompts keep
 their last data.max_prompt_length tokens and answers their first data.max_completion_length (see
-common.cut_preference_pair); the cuts are counted and logged.
+launcher.data.encode.cut_preference_pair); the cuts are counted and logged.
 """
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ from pathlib import Path
 from launcher import models
 from launcher.callbacks import run_callbacks
 from launcher.config.schema import RunConfig
+from launcher.data.encode import IGNORE, cut_preference_pair
 from launcher.data.load import load_splits
 from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
 from launcher.trainers.common import (
-    cut_preference_pair, limit_preference_lengths, preference_datasets, train_and_save, training_kwargs,
+    limit_preference_lengths, preference_datasets, train_and_save, training_kwargs,
 )
 
 log = logging.getLogger(__name__)
-IGNORE = -100
 
 
 def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:

@@ -1,7 +1,9 @@
 """Helpers for the tests that train with two real processes (gloo on CPU).
 
-Each run is `tunelaunch train` in a subprocess, as a user runs it, with the probe of launcher/distributed/probe.py
-switched on through the environment: every rank writes what it saw into <probe dir>/rank<R>.json.
+Each run is `tunelaunch train` in a subprocess, as a user runs it, with the probe of probe_site/tunelaunch_probe.py
+switched on through the environment: every rank writes what it saw into <probe dir>/rank<R>.json. The shipped
+launcher knows nothing of it: probe_site/ goes first on PYTHONPATH, which the CLI passes on to the launchers and
+their workers, and its sitecustomize.py installs the probe in the processes that run `-m launcher.worker`.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+PROBE_SITE = Path(__file__).resolve().parent / "probe_site"
 TIMEOUT = 600
 
 
@@ -43,10 +46,12 @@ class Run:
 
 
 def cli_env(probe_dir: Path | None, extra: dict | None = None) -> dict:
-    """This checkout's code first on the path; the probe on (writing into probe_dir) or off."""
+    """The probe's sitecustomize and this checkout's code first on the path; the probe on (writing into
+    probe_dir) or off (TUNELAUNCH_PROBE_FAIL_RANK in extra still switches on its failing rank)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    for key in ("TUNELAUNCH_PROBE_DIR", "TUNELAUNCH_PROBE_FAIL_RANK"):
+               PYTHONPATH=os.pathsep.join(filter(None, [str(PROBE_SITE), str(REPO), os.environ.get("PYTHONPATH")])))
+    for key in ("TUNELAUNCH_PROBE_DIR", "TUNELAUNCH_PROBE_FAIL_RANK", "TUNELAUNCH_PROBE_STEP_SLEEP",
+                "TUNELAUNCH_PROBE_SAVE_SLEEP"):
         env.pop(key, None)
     if probe_dir is not None:
         env["TUNELAUNCH_PROBE_DIR"] = str(probe_dir)

@@ -2,7 +2,8 @@
 
 A run that exits 0 can still be two unsynchronised copies training on the same batches (FACTS.md: that is what
 accelerate's --cpu, FSDP on CPU and the Trainer's own world size on a CPU-only machine do), so every assertion
-about the job is made from inside the workers: launcher/distributed/probe.py writes what each rank saw.
+about the job is made from inside the workers: probe_site/tunelaunch_probe.py, which the tests put into the
+worker processes (conftest.py), writes what each rank saw.
 
 Each run is small (the ~1M-parameter tiny Llama, 3 or 10 steps) and is shared by several tests through
 module-scoped fixtures. The first DeepSpeed run on a machine also JIT-compiles its CPU communication op (~35 s,
@@ -225,7 +226,7 @@ def test_two_nodes_meet_at_the_rendezvous_with_the_commands_plan_prints(base):
     """Node 0 is `tunelaunch train` (it writes the run folder and starts its own command); node 1 runs the
     `node 1:` command that `plan` prints, word for word. One process each, c10d at 127.0.0.1: the two
     launchers must find each other there and form one DDP job of world size 2."""
-    from launcher.distributed.hardware import Hardware
+    from launcher.hardware import Hardware
     from launcher.planning import make_plan
     from launcher.report import render_plan
 

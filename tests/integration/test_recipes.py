@@ -3,7 +3,7 @@ import pytest
 
 from launcher import RECIPES_DIR
 from launcher.config.compose import recipe_names
-from launcher.distributed.hardware import Hardware
+from launcher.hardware import Hardware
 from launcher.embedded import smollm2_folder
 from launcher.planning import make_plan
 

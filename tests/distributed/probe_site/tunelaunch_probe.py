@@ -1,4 +1,4 @@
-"""A test-only look inside the worker processes of a run (nothing happens unless the variables below are set).
+"""A test-only look inside the worker processes of a run, put there by sitecustomize.py beside this file.
 
 A distributed run that "works" can still be two unsynchronised copies training on the same data (FACTS.md:
 accelerate's --cpu, FSDP on CPU, and the Trainer's own world size on a machine without GPUs). So the tests of
@@ -12,14 +12,22 @@ accelerate's --cpu, FSDP on CPU, and the Trainer's own world size on a machine w
   audit hook, plus the two writers that bypass Python's open() (torch.save's zip writer and safetensors'
   serialize_file), which the hook alone missed - rank 1's rng_state_1.pth went unrecorded.
 - TUNELAUNCH_PROBE_FAIL_RANK=R: rank R raises an exception after its first optimizer step.
+- TUNELAUNCH_PROBE_STEP_SLEEP=S: every rank sleeps S seconds after each optimizer step (so that a test can kill or
+  signal a tiny run, which would otherwise finish in seconds, at a step of its choosing).
+- TUNELAUNCH_PROBE_SAVE_SLEEP=S: every rank sleeps S seconds in the middle of each checkpoint save (after the model
+  and optimizer, before its RNG state and trainer_state.json), so that a test can kill a run mid-save.
 
-The probe is a TrainerCallback added to transformers' default callbacks by `install()`, which the worker calls
-before it builds the trainer, so every trainer file gets it without knowing about it.
+The shipped worker knows nothing of this. `install()` runs at interpreter startup of a worker process, before
+any of its code, and imports nothing heavy: it registers an audit hook and an exit hook, and a post-import hook
+that patches three modules right after they are first executed, whoever imports them: transformers.trainer (the
+probe joins its DEFAULT_CALLBACKS, so every Trainer the worker builds gets it), and for ranks other than 0
+torch.serialization and safetensors.torch (the native writers above).
 """
 from __future__ import annotations
 
 import atexit
 import hashlib
+import importlib.abc
 import json
 import os
 import sys
@@ -27,36 +35,29 @@ from pathlib import Path
 
 PROBE_DIR = "TUNELAUNCH_PROBE_DIR"
 FAIL_RANK = "TUNELAUNCH_PROBE_FAIL_RANK"
+STEP_SLEEP = "TUNELAUNCH_PROBE_STEP_SLEEP"
+SAVE_SLEEP = "TUNELAUNCH_PROBE_SAVE_SLEEP"
 BATCHES_KEPT = 64
 _WRITE_EVENTS = ("os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.symlink", "os.link", "os.truncate",
                  "shutil.rmtree", "shutil.copyfile", "shutil.move",
-                 "torch.save", "safetensors.serialize_file")  # the last two reported by _watch_native_writes
+                 "torch.save", "safetensors.serialize_file")  # the last two reported by the patched writers
 
 _record: dict = {}
 
 
-def enabled() -> bool:
-    return bool(os.environ.get(PROBE_DIR) or os.environ.get(FAIL_RANK))
-
-
-def install(run_dir: Path) -> bool:
-    """Register the probe for every Trainer this process builds; returns whether it is on."""
-    if not enabled():
-        return False
-    import transformers.trainer as hf_trainer
-
-    probe = _probe_class()
-    if probe not in hf_trainer.DEFAULT_CALLBACKS:
-        hf_trainer.DEFAULT_CALLBACKS.append(probe)
-    from launcher.distributed import runtime
-
-    _record.update(rank_env=runtime.rank(), world_size_env=runtime.world_size(), writes=[],
-                   local_rank_env=runtime.local_rank(), node_rank_env=int(os.environ.get("GROUP_RANK", "0")))
+def install(config: str) -> None:
+    """Start probing this worker process (`python -m launcher.worker CONFIG`); CONFIG names its run folder."""
+    run_dir = Path(config).resolve().parent  # as the worker finds it
+    rank = int(os.environ.get("RANK", "0"))  # as launcher.distributed.runtime reads them
+    _record.update(rank_env=rank, world_size_env=int(os.environ.get("WORLD_SIZE", "1")), writes=[],
+                   local_rank_env=int(os.environ.get("LOCAL_RANK", "0")),
+                   node_rank_env=int(os.environ.get("GROUP_RANK", "0")))
+    after_import = {"transformers.trainer": _add_probe_callback}
     if os.environ.get(PROBE_DIR):
-        if not runtime.is_main():
-            _watch_writes(Path(run_dir).resolve())
+        if rank != 0:
+            after_import.update(_watch_writes(run_dir))
         atexit.register(_dump)
-    return True
+    sys.meta_path.insert(0, _AfterImport(after_import))
 
 
 def _dump() -> None:
@@ -65,7 +66,54 @@ def _dump() -> None:
     (out / f"rank{_record.get('rank_env', 0)}.json").write_text(json.dumps(_record, indent=1, default=str))
 
 
-def _watch_writes(run_dir: Path) -> None:
+# ---- a post-import hook: fn(module) right after the module's code ran, before its importer gets it
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    def __init__(self, hooks: dict):
+        self.hooks = hooks
+
+    def find_spec(self, name, path, target=None):
+        if name not in self.hooks:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _ThenLoader(spec.loader, lambda module: self.hooks.pop(name, _nothing)(module))
+                return spec
+        return None
+
+
+def _nothing(module) -> None:
+    pass
+
+
+class _ThenLoader(importlib.abc.Loader):
+    """The module's own loader, then the hook (once per module: popped from the hooks when it runs)."""
+
+    def __init__(self, loader, then):
+        self.loader, self.then = loader, then
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        self.then(module)
+
+    def __getattr__(self, name):  # get_source, get_code, is_package, get_resource_reader, ...
+        return getattr(self.loader, name)
+
+
+def _add_probe_callback(hf_trainer) -> None:
+    hf_trainer.DEFAULT_CALLBACKS.append(_make_probe_class())
+
+
+# ---- what rank > 0 writes in the run folder
+
+def _watch_writes(run_dir: Path) -> dict:
     prefix = str(run_dir) + os.sep
     writes = _record["writes"]
 
@@ -87,34 +135,32 @@ def _watch_writes(run_dir: Path) -> None:
                 writes.append([event, os.path.relpath(full, prefix)])
 
     sys.addaudithook(hook)
-    _watch_native_writes(lambda event, path: hook(event, (path,)))
+    record = lambda event, path: hook(event, (path,))  # noqa: E731
+
+    def watch_torch_save(ser) -> None:
+        """torch.save writes through native code that the audit hook does not see: record the path first."""
+        zip_writer = ser._open_zipfile_writer
+
+        def recording_zip_writer(name_or_buffer):
+            if isinstance(name_or_buffer, (str, bytes, os.PathLike)):
+                record("torch.save", name_or_buffer)
+            return zip_writer(name_or_buffer)
+
+        ser._open_zipfile_writer = recording_zip_writer
+
+    def watch_safetensors(st) -> None:
+        serialize_file = st.serialize_file
+
+        def recording_serialize_file(tensors, filename, *args, **kwargs):
+            record("safetensors.serialize_file", filename)
+            return serialize_file(tensors, filename, *args, **kwargs)
+
+        st.serialize_file = recording_serialize_file
+
+    return {"torch.serialization": watch_torch_save, "safetensors.torch": watch_safetensors}
 
 
-def _watch_native_writes(record) -> None:
-    """torch.save and safetensors write through native code that the audit hook does not see: record the path
-    they are given before they write."""
-    import torch.serialization as ser
-
-    zip_writer = ser._open_zipfile_writer
-
-    def recording_zip_writer(name_or_buffer):
-        if isinstance(name_or_buffer, (str, bytes, os.PathLike)):
-            record("torch.save", name_or_buffer)
-        return zip_writer(name_or_buffer)
-
-    ser._open_zipfile_writer = recording_zip_writer
-    try:
-        import safetensors.torch as st
-    except ImportError:
-        return
-    serialize_file = st.serialize_file
-
-    def recording_serialize_file(tensors, filename, *args, **kwargs):
-        record("safetensors.serialize_file", filename)
-        return serialize_file(tensors, filename, *args, **kwargs)
-
-    st.serialize_file = recording_serialize_file
-
+# ---- the callback
 
 def _tensor_digest(tensors) -> str:
     h = hashlib.sha256()
@@ -146,7 +192,7 @@ def _innermost_optimizer(opt):
 
 
 def _make_probe_class():
-    from transformers import TrainerCallback
+    from transformers.trainer_callback import TrainerCallback
 
     class Probe(TrainerCallback):
         def __init__(self):
@@ -157,6 +203,16 @@ def _make_probe_class():
 
             trainer = self.trainer = _find_trainer()
             batches = _record.setdefault("batches", [])
+            if os.environ.get(SAVE_SLEEP):
+                import time
+
+                save_rng_state = trainer._save_rng_state
+
+                def slow_save_rng_state(output_dir):
+                    time.sleep(float(os.environ[SAVE_SLEEP]))
+                    save_rng_state(output_dir)
+
+                trainer._save_rng_state = slow_save_rng_state
 
             def remember_batch(module, a, kw):
                 ids = kw.get("input_ids", a[0] if a else None)
@@ -181,6 +237,10 @@ def _make_probe_class():
             fail = os.environ.get(FAIL_RANK)
             if fail is not None and state.global_step == 1 and int(fail) == args.process_index:
                 raise RuntimeError(f"probe: rank {args.process_index} fails on purpose after step 1")
+            if os.environ.get(STEP_SLEEP):
+                import time
+
+                time.sleep(float(os.environ[STEP_SLEEP]))
 
         def on_train_end(self, args, state, control, **kwargs):
             trainer = self.trainer
@@ -205,13 +265,3 @@ def _make_probe_class():
                 _dump()
 
     return Probe
-
-
-_cached = None
-
-
-def _probe_class():
-    global _cached
-    if _cached is None:
-        _cached = _make_probe_class()
-    return _cached

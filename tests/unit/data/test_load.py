@@ -7,8 +7,7 @@ import pytest
 from launcher.config.schema import RunConfig
 from launcher.data import files, formats
 from launcher.data.load import check_data, load_splits
-
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+from tests.unit.helpers import SAMPLES
 
 
 def config(path, trainer: str = "sft", template: str = "chatml", **data) -> RunConfig:
@@ -202,3 +201,30 @@ def test_messages_in_a_text_column_and_python_repr_strings(tmp_path):
 
 def test_rename_map_is_empty_for_defaults():
     assert formats.rename_map(RunConfig().data, "sft") == {}
+
+
+# ---- packing keys: read only with packing on; how it packs and the Alpaca template are launcher.resolve's notes
+
+def test_packing_keys_without_packing_are_noted_not_checked():
+    data = check_data(config(SAMPLES / "chat", chunk_size=100_000, wrap_packed_sequences=True))
+    assert not data.problems  # a chunk_size above the model's max length is refused with packing on
+    assert "data: chunk_size is ignored because data.packing is off" in data.notes
+    assert "data: wrap_packed_sequences is ignored because data.packing is off" in data.notes
+    assert not check_data(config(SAMPLES / "chat", chunk_size=0)).problems
+    for chunk_size, key in ((100_000, "data.chunk_size / model.max_length"), (0, "data.chunk_size")):
+        packed = check_data(config(SAMPLES / "chat", packing=True, chunk_size=chunk_size))
+        assert [p.key for p in packed.problems] == [key]
+
+
+def test_packing_for_a_trainer_that_does_not_pack_is_a_note():
+    data = check_data(config(SAMPLES / "preference", trainer="dpo", template="none", packing=True))
+    assert not data.problems
+    assert "data: packing applies to the sft trainer only; the dpo trainer ignores it" in data.notes
+
+
+def test_the_data_notes_leave_packing_and_the_alpaca_template_to_resolve():
+    packed = check_data(config(SAMPLES / "chat", packing=True))
+    assert not any("best-fit" in n or "packing (wrapped)" in n for n in packed.notes), packed.notes
+    alpaca = check_data(config(SAMPLES / "alpaca", template="none"))
+    assert alpaca.format == "alpaca" and not alpaca.problems
+    assert not any("alpaca template" in n for n in alpaca.notes), alpaca.notes

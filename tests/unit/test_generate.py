@@ -1,5 +1,5 @@
-"""The template contract: the token ids `generate` feeds a trained run are exactly the ids the run's training
-samples held before their first trained token, for chat, Alpaca and prompt/completion data.
+"""The template contract (launcher/generate.py): the token ids `generate` feeds a trained run are exactly the ids
+the run's training samples held before their first trained token, for chat, Alpaca and prompt/completion data.
 
 Each case saves a run folder as training does (the tokenizer with the template installed, the model, config.yaml)
 and loads it back through `generate.from_run`, so the template's round trip through the saved tokenizer is part
@@ -12,11 +12,12 @@ import pytest
 from launcher import generate, models
 from launcher.config.schema import RunConfig
 from launcher.data.encode import IGNORE, SFTEncoder
-from launcher.data.load import check_data, effective_template
+from launcher.data.load import check_data
 from launcher.embedded import build_tiny_llama
+from launcher.hardware import Hardware
+from launcher.resolve import resolve
 from launcher.run_dir import write_config
-
-from .test_data_templates import SAMPLES
+from tests.unit.helpers import SAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def saved_run(tiny, tmp_path, sample: str, template: str, bos: bool = False):
     cfg.data.block_size = 512
     data = check_data(cfg)
     assert not data.problems, data.problems
-    cfg.data.chat_template = effective_template(cfg, data.format)  # as the plan resolves Alpaca under none
+    assert resolve(cfg, Hardware(), data.format).problems == []  # as the plan does (Alpaca under none -> alpaca)
     tokenizer = models.load_tokenizer(cfg)
     if bos:
         from tokenizers.processors import TemplateProcessing

@@ -70,7 +70,7 @@ def test_llama3_8b_is_counted_exactly_from_its_config(shape):
 
 
 def test_lora_target_modules_narrow_the_adapter_count():
-    shape = shape_from_config(LLAMA3_8B, target_modules="q_proj,v_proj")
+    shape = shape_from_config(LLAMA3_8B, target_modules=["q_proj", "v_proj"])
     assert 16 * shape.lora_in_out == 16 * 32 * (8192 + 5120)  # 6,815,744
 
 

@@ -5,7 +5,6 @@ The 48 LLMTrainingParams names and defaults below are copied by hand from the Au
 parameters"), NOT read from our PARAMS table: the test would otherwise only compare the table with itself.
 """
 import dataclasses
-from pathlib import Path
 
 import pytest
 import yaml
@@ -15,8 +14,8 @@ from launcher.config.compose import compose, load_config_file
 from launcher.config.errors import ConfigError
 from launcher.config.parse import from_dict
 from launcher.config.schema import REDACTED, RunConfig
-
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+from launcher.methods import AUTOTRAIN_TASKS
+from tests.unit.helpers import SAMPLES
 
 # (name, documented default), in the documented order.
 AUTOTRAIN_DOCUMENTED = [
@@ -299,6 +298,15 @@ def test_task_picks_the_trainer_group(task, trainer, tmp_path):
         assert compose(path).config.trainer.name == "dpo"
 
 
+def test_the_tasks_are_those_of_the_methods_table():
+    assert set(AUTOTRAIN_TASKS) == {"llm", "llm-generic", "llm-sft", "llm-reward", "llm-dpo", "llm-orpo"}
+
+
+def test_task_llm_takes_the_trainer_from_params(tmp_path):
+    path = write(tmp_path, {"task": "llm", "base_model": "org/model", "params": {"trainer": "orpo"}})
+    assert compose(path).config.trainer.name == "orpo"
+
+
 def test_unknown_task_is_an_error_with_suggestion(tmp_path):
     with pytest.raises(ConfigError) as err:
         compose_doc(tmp_path, {"task": "llm-dop", "base_model": "org/model"})
@@ -488,7 +496,7 @@ def test_all_problems_of_a_file_come_together(tmp_path):
 # ---- the hosted API's batch form (003): a global train_batch_size of micro_batch_size per device
 
 def test_hosted_batch_names_give_a_global_batch_and_derive_the_accumulation(tmp_path):
-    from launcher.distributed.hardware import Hardware
+    from launcher.hardware import Hardware
     from launcher.planning import make_plan
 
     from launcher.embedded import build_tiny_llama
@@ -503,7 +511,7 @@ def test_hosted_batch_names_give_a_global_batch_and_derive_the_accumulation(tmp_
 
 
 def test_an_indivisible_hosted_batch_is_a_plan_error_in_the_files_words(tmp_path):
-    from launcher.distributed.hardware import Hardware
+    from launcher.hardware import Hardware
     from launcher.planning import make_plan
 
     doc = {"task": "llm-sft", "backend": "local", "params": {"train_batch_size": 6, "micro_batch_size": 4}}

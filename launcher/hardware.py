@@ -23,6 +23,17 @@ class Hardware:
         return f"{self.gpus}x {self.gpu_name}" if self.gpus else "CPU only (no GPU)"
 
     @classmethod
+    def of_slurm_nodes(cls, gpus_per_node: int, gpu_memory_gib: Optional[float], bf16: bool) -> "Hardware":
+        """The nodes a Slurm job will get, as the cluster settings describe them (the submitting machine, often
+        a login node without GPUs, says nothing about them). flash-attn: whether this environment has it, as
+        the nodes share it."""
+        flash = importlib.util.find_spec("flash_attn") is not None
+        if not gpus_per_node:
+            return cls(flash_attn=flash)
+        return cls(gpus=gpus_per_node, gpu_name="Slurm node GPU", gpu_memory_gib=gpu_memory_gib, bf16=bf16,
+                   flash_attn=flash)
+
+    @classmethod
     def detect(cls) -> "Hardware":
         import torch
 

@@ -17,8 +17,8 @@ from launcher.data.templates import (
     ALPACA, CHATML, ZEPHYR, get_template, has_generation_markers, infer_end_of_turn, render, stop_tokens,
 )
 from launcher.embedded import build_tiny_llama
+from tests.unit.helpers import SAMPLES
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from launcher.config.errors import ConfigError
-from launcher.distributed.hardware import Hardware
+from launcher.hardware import Hardware
 from launcher.planning import make_plan
 
 CONVERSATION = [{"role": "user", "content": "Name a planet."}, {"role": "assistant", "content": "Mars."}]
@@ -161,3 +161,13 @@ def test_several_bad_rows_are_reported_together_but_capped(tmp_path, nothing_loa
 def test_a_missing_template_file_is_one_problem(tmp_path, nothing_loads):
     report = plan_problems(tmp_path, f"data.chat_template={tmp_path / 'missing.jinja'}")
     assert "is neither a template name" in report and report.count("missing.jinja") == 1
+
+
+def test_packing_lengths_are_not_checked_with_packing_off(tmp_path, nothing_loads):
+    """data.chunk_size is read only with packing on: a length that would be refused is a note without it."""
+    from launcher.planning import make_plan
+
+    plan = make_plan(None, ["recipe=sft/chat_tiny", "data.valid_split=null", f"project_name={tmp_path / 'run'}",
+                            "data.chunk_size=100000"], Hardware())
+    assert plan.cfg.data.packing is False
+    assert "data: chunk_size is ignored because data.packing is off" in plan.notes

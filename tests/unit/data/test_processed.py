@@ -1,6 +1,5 @@
 """The processed sft datasets: truncation counts, packing, and the cache that makes tokenisation run once."""
 import json
-from pathlib import Path
 
 import pytest
 
@@ -10,8 +9,7 @@ from launcher.data import encode, processed
 from launcher.data.encode import IGNORE
 from launcher.data.load import check_data
 from launcher.embedded import build_tiny_llama
-
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+from tests.unit.helpers import SAMPLES
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,187 @@
+"""The one resolution pass: every `auto` of a configuration becomes concrete for the machine it runs on, in
+this order (each step may read what the steps before it decided):
+
+  1. precision            auto -> bf16 / fp16 on GPUs, fp32 on CPU; bf16 without support -> fp16
+  2. attention            auto -> flash_attention_2 (GPU + flash-attn) or sdpa; an impossible choice -> sdpa
+  3. gradient checkpointing  auto -> on with a GPU, off on CPU
+  4. block size           -1 -> min(1024, model max length, the model's positions)
+  5. chat template        Alpaca rows under `none` -> alpaca (and how sft packs, now that the length is known)
+  6. processes            num_processes null -> one per GPU (one without GPUs); on Slurm num_nodes = cluster.nodes
+  7. backend              auto -> none / DDP / ZeRO-2 / ZeRO-3 / ZeRO-3 + offload, from the memory estimate
+  8. accumulation         from training.global_batch_size and the world size, when given
+
+Each decision is returned as a note that `plan` prints: nothing changes silently. Afterwards the configuration
+is the one source of truth: the launch, the workers and the report only read it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher.config.errors import Problem
+from launcher.config.schema import RunConfig
+from launcher.config.validate import effective_block_size
+from launcher.distributed import memory
+from launcher.distributed.launch import world_size
+from launcher.hardware import Hardware
+
+
+@dataclass
+class Resolution:
+    notes: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    backend_reason: str = "chosen in the configuration"
+    estimate: memory.Estimate | None = None
+    """Per-GPU memory estimate of the chosen layout (None when the model's config.json is not at hand)."""
+    estimate_missing: str = ""
+    """Why there is no estimate."""
+    hidden_size: int | None = None
+    """The model's hidden size (sizes DeepSpeed's communication buckets)."""
+
+
+def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None) -> Resolution:
+    """Fill in every `auto` of cfg in place, in the order of the module docstring."""
+    out = Resolution()
+    _precision(cfg, hw, out)
+    _attention(cfg, hw, out)
+    _checkpointing(cfg, hw, out)
+    _block_size(cfg, out)
+    _template(cfg, data_format, out)
+    _packing(cfg, out)
+    _processes(cfg, hw, out)
+    _backend(cfg, hw, out)
+    _accumulation(cfg, out)
+    if cfg.logging.report_to == "wandb" and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        out.notes.append("logging: wandb runs offline (no WANDB_API_KEY); upload later with `wandb sync <run>/wandb`")
+    return out
+
+
+def _precision(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
+    mp = cfg.precision.mixed_precision
+    if hw.gpus == 0:
+        if mp in ("bf16", "fp16"):
+            out.notes.append(f"precision: {mp} needs a GPU and this machine has none, so the run uses fp32")
+        elif mp == "auto":
+            out.notes.append("precision: auto -> fp32 (no GPU)")
+        cfg.precision.mixed_precision = "fp32"
+    elif mp == "auto":
+        cfg.precision.mixed_precision = "bf16" if hw.bf16 else "fp16"
+        out.notes.append(f"precision: auto -> {cfg.precision.mixed_precision} ({hw.gpu_name})")
+    elif mp == "bf16" and not hw.bf16:
+        cfg.precision.mixed_precision = "fp16"
+        out.notes.append(f"precision: bf16 is not supported by {hw.gpu_name}, so the run uses fp16")
+
+
+def _attention(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
+    attn = cfg.model.attn_implementation
+    flash_ok = hw.gpus > 0 and hw.flash_attn
+    if attn == "auto":
+        cfg.model.attn_implementation = "flash_attention_2" if flash_ok else "sdpa"
+        why = "flash-attn installed, GPU present" if flash_ok else (
+            "no GPU" if hw.gpus == 0 else "flash-attn not installed")
+        out.notes.append(f"attention: auto -> {cfg.model.attn_implementation} ({why})")
+    elif attn == "flash_attention_2" and not flash_ok:
+        cfg.model.attn_implementation = "sdpa"
+        why = "no GPU" if hw.gpus == 0 else "the flash-attn package is not installed"
+        out.notes.append(f"attention: flash_attention_2 asked for, but {why}: using sdpa")
+
+
+def _checkpointing(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
+    if cfg.training.gradient_checkpointing == "auto":
+        cfg.training.gradient_checkpointing = hw.gpus > 0
+        out.notes.append(f"gradient checkpointing: auto -> {'on' if hw.gpus else 'off (CPU: it only costs time)'}")
+
+
+def model_positions(cfg: RunConfig) -> int | None:
+    """max_position_embeddings of a local model folder (read from config.json; no weights are touched)."""
+    config = Path(cfg.model.name_or_path).expanduser() / "config.json"
+    if cfg.model.gguf_file or not config.is_file():
+        return None
+    value = json.loads(config.read_text()).get("max_position_embeddings")
+    return value if isinstance(value, int) else None
+
+
+def _block_size(cfg: RunConfig, out: Resolution) -> None:
+    positions = model_positions(cfg)
+    if cfg.data.block_size == -1:
+        cfg.data.block_size = min(effective_block_size(cfg), positions or 1024)
+        out.notes.append(f"block_size: -1 -> {cfg.data.block_size} (min(1024, model max length"
+                         f"{', the model positions' if positions else ''}))")
+    elif positions and cfg.data.block_size > positions:
+        out.problems.append(Problem("data.block_size", f"{cfg.data.block_size} exceeds the {positions} positions "
+                                    "the model was built for (max_position_embeddings in its config.json)"))
+
+
+def _template(cfg: RunConfig, data_format: str | None, out: Resolution) -> None:
+    from launcher.data.load import effective_template  # the rule, where the data check also reads it
+
+    template = effective_template(cfg, data_format)
+    if template != cfg.data.chat_template:
+        cfg.data.chat_template = template
+        out.notes.append("data: Alpaca rows with chat_template none are rendered with the alpaca template")
+
+
+def _packing(cfg: RunConfig, out: Resolution) -> None:
+    d = cfg.data
+    if not d.packing or cfg.trainer.name != "sft":
+        return
+    length = d.chunk_size or d.block_size
+    if d.wrap_packed_sequences:
+        out.notes.append(f"data: packing (wrapped): all samples are concatenated and cut into blocks of {length} "
+                         "tokens; every block is full, but samples are split across blocks and attend to their "
+                         "neighbours")
+    else:
+        out.notes.append(f"data: packing: samples are packed best-fit into sequences of up to {length} tokens; "
+                         f"position ids restart at each sample, so with {cfg.model.attn_implementation} attention no "
+                         "sample attends to another (padding-free, no pad tokens computed)")
+
+
+def _processes(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
+    d, c = cfg.distributed, cfg.cluster
+    if c.kind == "slurm":
+        inside = os.environ.get("SLURM_JOB_NUM_NODES")
+        if inside and int(inside) != c.nodes:  # `sbatch --nodes=N slurm/train.sbatch`: the allocation decides
+            out.notes.append(f"cluster: this Slurm allocation has {inside} node(s): cluster.nodes {c.nodes} -> {inside}")
+            c.nodes = int(inside)
+        d.num_nodes = c.nodes
+    if d.num_processes is None:
+        d.num_processes = max(hw.gpus, 1)
+
+
+def _backend(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
+    d = cfg.distributed
+    world = world_size(cfg)
+    shape, out.estimate_missing = memory.model_shape(cfg)
+    out.hidden_size = shape.hidden if shape else None
+    gpu_gib = hw.gpu_memory_gib if hw.gpus else None
+    if d.backend == "auto":
+        layout, out.backend_reason, out.estimate = memory.choose(cfg, shape, out.estimate_missing, world, gpu_gib)
+        layout.apply(d)
+    else:
+        layout = memory.Layout.of(d)
+        out.estimate = memory.estimate(cfg, shape, layout, world) if shape else None
+        if out.estimate is not None and out.estimate.fits(gpu_gib) is False:
+            out.notes.append(f"memory: warning: {layout.label} needs {out.estimate.describe()}, more than 90% of "
+                             f"the {hw.gpu_memory_gib:g} GiB per GPU; distributed=auto picks the first layout "
+                             "that fits")
+    if out.estimate is None and world > 1:
+        out.notes.append(f"memory: no estimate ({out.estimate_missing})")
+
+
+def _accumulation(cfg: RunConfig, out: Resolution) -> None:
+    """The hosted-API batch form: a global batch over all processes fixes the accumulation steps."""
+    t = cfg.training
+    if t.global_batch_size is None:
+        return
+    world = world_size(cfg)
+    per_pass = t.batch_size * world
+    if t.global_batch_size < per_pass or t.global_batch_size % per_pass:
+        out.problems.append(Problem("training.global_batch_size / training.batch_size", (
+            f"{t.global_batch_size} is not a multiple of batch_size {t.batch_size} x world size "
+            f"{world} = {per_pass}: choose a global batch of k x {per_pass}")))
+        return
+    t.gradient_accumulation = t.global_batch_size // per_pass
+    out.notes.append(f"batch: global {t.global_batch_size} = {t.batch_size} per device x {world} "
+                     f"process(es) x {t.gradient_accumulation} accumulation steps")

@@ -1,0 +1,57 @@
+"""What several unit-test modules share: the repository's paths, the machines plans are made for (described by
+hand: the tests plan for GPUs this machine does not have) and a plan of the tiny chat recipe."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.config.errors import ConfigError
+from launcher.config.schema import RunConfig
+from launcher.hardware import Hardware
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "samples"
+
+CPU = Hardware()
+H100x8 = Hardware(gpus=8, gpu_name="H100", gpu_memory_gib=80, bf16=True, flash_attn=True)
+
+# Llama-3-8B's config.json (no weights needed: the plan reads the shape alone).
+LLAMA3_8B = {
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+    "max_position_embeddings": 8192, "tie_word_embeddings": False, "rope_theta": 500000.0,
+}
+
+
+def write_yaml(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def valid_cfg() -> RunConfig:
+    """The schema's defaults with a hub model id: valid, and no local config.json (so no memory estimate)."""
+    cfg = RunConfig()
+    cfg.model.name_or_path = "org/model"
+    return cfg
+
+
+def get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def plan(tmp_path: Path, *overrides: str, hw: Hardware = CPU):
+    """make_plan of recipe=sft/chat_tiny (the embedded tiny model on samples/chat) with a run folder under tmp_path."""
+    from launcher.planning import make_plan
+
+    return make_plan(None, ["recipe=sft/chat_tiny", f"project_name={tmp_path / 'run'}", *overrides], hw)
+
+
+def problems(tmp_path: Path, *overrides: str, hw: Hardware = CPU) -> list[str]:
+    """The problems make_plan refuses the tiny chat recipe with, as the report prints them."""
+    with pytest.raises(ConfigError) as err:
+        plan(tmp_path, *overrides, hw=hw)
+    return [str(p) for p in err.value.problems]

@@ -1,0 +1,192 @@
+"""The one resolution pass (launcher/resolve.py): every `auto` becomes concrete for the machine, in the stated
+order, each decision a note; afterwards the configuration is the one source of truth.
+
+The backend and process count it chooses are tested as the launch plan they make, in distributed/test_launch.py."""
+import pytest
+
+from launcher import resolve as resolve_module
+from launcher.hardware import Hardware
+from launcher.resolve import Resolution, resolve
+from tests.unit.helpers import CPU, H100x8, SAMPLES, plan, problems, valid_cfg
+
+
+def test_the_steps_run_in_the_documented_order(monkeypatch):
+    calls = []
+    for step in ("_precision", "_attention", "_checkpointing", "_block_size", "_template", "_packing", "_processes",
+                 "_backend", "_accumulation"):
+        monkeypatch.setattr(resolve_module, step, lambda *a, _s=step: calls.append(_s))
+    assert isinstance(resolve(valid_cfg(), CPU), Resolution)
+    assert calls == ["_precision", "_attention", "_checkpointing", "_block_size", "_template", "_packing",
+                     "_processes", "_backend", "_accumulation"]
+    doc = resolve_module.__doc__
+    words = ["precision", "attention", "gradient checkpointing", "block size", "chat template", "processes",
+             "backend", "accumulation"]
+    assert [doc.index(w) for w in words] == sorted(doc.index(w) for w in words)
+
+
+def test_nothing_auto_is_left():
+    for hw in (CPU, H100x8):
+        cfg = valid_cfg()
+        resolve(cfg, hw)
+        assert "auto" not in (cfg.precision.mixed_precision, cfg.model.attn_implementation,
+                              cfg.training.gradient_checkpointing, cfg.distributed.backend)
+        assert cfg.data.block_size > 0 and cfg.distributed.num_processes >= 1
+
+
+# ---- precision, attention, checkpointing
+
+@pytest.mark.parametrize("precision", ["auto", "bf16", "fp16"])
+def test_cpu_precision_becomes_fp32_with_a_note(precision):
+    cfg = valid_cfg()
+    cfg.precision.mixed_precision = precision
+    res = resolve(cfg, CPU)
+    assert res.problems == []
+    assert cfg.precision.mixed_precision == "fp32"
+    assert any(n.startswith("precision:") and precision in n and "fp32" in n for n in res.notes)
+
+
+def test_cpu_flash_attention_falls_back_to_sdpa_with_a_note():
+    cfg = valid_cfg()
+    cfg.model.attn_implementation = "flash_attention_2"
+    notes = resolve(cfg, CPU).notes
+    assert cfg.model.attn_implementation == "sdpa"
+    assert any("flash_attention_2" in n and "sdpa" in n for n in notes)
+
+
+def test_cpu_auto_values():
+    cfg = valid_cfg()
+    notes = resolve(cfg, CPU).notes
+    assert cfg.model.attn_implementation == "sdpa"
+    assert cfg.training.gradient_checkpointing is False
+    assert cfg.data.block_size == 1024  # -1 -> min(1024, 2048)
+    assert any("gradient checkpointing" in n for n in notes)
+
+
+def test_explicit_gradient_checkpointing_is_kept():
+    cfg = valid_cfg()
+    cfg.training.gradient_checkpointing = True
+    resolve(cfg, CPU)
+    assert cfg.training.gradient_checkpointing is True
+
+
+def test_eight_h100_auto_values():
+    cfg = valid_cfg()
+    res = resolve(cfg, H100x8)
+    assert res.problems == []
+    assert cfg.precision.mixed_precision == "bf16"
+    assert cfg.model.attn_implementation == "flash_attention_2"
+    assert cfg.training.gradient_checkpointing is True
+    assert any("bf16" in n and "H100" in n for n in res.notes)
+
+
+def test_gpu_without_bf16_gets_fp16():
+    cfg = valid_cfg()
+    cfg.precision.mixed_precision = "bf16"
+    notes = resolve(cfg, Hardware(gpus=1, gpu_name="T4", gpu_memory_gib=16, bf16=False, flash_attn=False)).notes
+    assert cfg.precision.mixed_precision == "fp16"
+    assert cfg.model.attn_implementation == "sdpa"
+    assert any("T4" in n for n in notes)
+
+
+# ---- block size
+
+def test_block_size_capped_by_local_model_positions(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"max_position_embeddings": 256}')
+    cfg = valid_cfg()
+    cfg.model.name_or_path = str(tmp_path / "m")
+    res = resolve(cfg, CPU)
+    assert res.problems == [] and cfg.data.block_size == 256
+    cfg = valid_cfg()
+    cfg.model.name_or_path = str(tmp_path / "m")
+    cfg.data.block_size = 512
+    assert [p.key for p in resolve(cfg, CPU).problems] == ["data.block_size"]
+
+
+# ---- chat template and packing: stated here, once the data's format and the block size are known
+
+def test_alpaca_rows_under_none_get_the_alpaca_template():
+    cfg = valid_cfg()
+    notes = resolve(cfg, CPU, data_format="alpaca").notes
+    assert cfg.data.chat_template == "alpaca"
+    assert "data: Alpaca rows with chat_template none are rendered with the alpaca template" in notes
+    for fmt, template in (("messages", "none"), ("alpaca", "chatml"), (None, "none")):
+        cfg = valid_cfg()
+        cfg.data.chat_template = template
+        notes = resolve(cfg, CPU, data_format=fmt).notes
+        assert cfg.data.chat_template == template and not any("Alpaca" in n for n in notes)
+
+
+def test_the_alpaca_template_reaches_the_plan(tmp_path):
+    p = plan(tmp_path, f"data.path={SAMPLES / 'alpaca'}", "data.chat_template=none", "data.valid_split=null")
+    assert p.data.format == "alpaca" and p.cfg.data.chat_template == "alpaca"
+    assert p.notes.count("data: Alpaca rows with chat_template none are rendered with the alpaca template") == 1
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_packing_is_described_with_the_resolved_length_and_attention(wrapped):
+    cfg = valid_cfg()
+    cfg.data.packing, cfg.data.wrap_packed_sequences = True, wrapped
+    notes = [n for n in resolve(cfg, CPU).notes if n.startswith("data: packing")]
+    assert len(notes) == 1
+    if wrapped:
+        assert "concatenated and cut into blocks of 1024 tokens" in notes[0]  # block_size -1 -> 1024
+    else:
+        assert "best-fit into sequences of up to 1024 tokens" in notes[0] and "with sdpa attention" in notes[0]
+    cfg = valid_cfg()
+    cfg.data.packing, cfg.data.chunk_size = True, 256
+    assert any("up to 256 tokens" in n for n in resolve(cfg, CPU).notes)
+
+
+def test_packing_is_not_described_without_packing_or_for_another_trainer():
+    cfg = valid_cfg()
+    assert not any(n.startswith("data: packing") for n in resolve(cfg, CPU).notes)
+    cfg = valid_cfg()
+    cfg.data.packing, cfg.trainer.name = True, "dpo"
+    assert not any(n.startswith("data: packing") for n in resolve(cfg, CPU).notes)
+
+
+# ---- processes
+
+def test_num_processes_null_is_one_per_gpu():
+    for hw, expected in ((CPU, 1), (H100x8, 8)):
+        cfg = valid_cfg()
+        assert cfg.distributed.num_processes is None
+        resolve(cfg, hw)
+        assert cfg.distributed.num_processes == expected
+    cfg = valid_cfg()
+    cfg.distributed.num_processes = 2
+    resolve(cfg, H100x8)
+    assert cfg.distributed.num_processes == 2  # a stated count is kept
+
+
+# ---- accumulation from a global batch
+
+def test_global_batch_size_fixes_the_accumulation_over_the_world(tmp_path):
+    p = plan(tmp_path, "distributed=ddp", "distributed.num_processes=2", "training.global_batch_size=8")
+    assert (p.cfg.training.batch_size, p.cfg.training.gradient_accumulation) == (2, 2)
+    assert any("global 8 = 2 per device x 2 process(es) x 2 accumulation" in n for n in p.notes)
+    assert any("not a multiple of batch_size 2 x world size 2" in s for s in problems(
+        tmp_path, "distributed=ddp", "distributed.num_processes=2", "training.global_batch_size=6"))
+
+
+def test_the_world_of_the_global_batch_is_the_resolved_one():
+    """Accumulation comes after the processes: on 8 GPUs with num_processes null the world is 8."""
+    cfg = valid_cfg()
+    cfg.training.global_batch_size, cfg.training.batch_size = 64, 2
+    res = resolve(cfg, H100x8)
+    assert res.problems == [] and cfg.training.gradient_accumulation == 4
+
+
+# ---- logging
+
+def test_wandb_without_a_key_runs_offline_and_says_so(monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = valid_cfg()
+    cfg.logging.report_to = "wandb"
+    assert any(n.startswith("logging: wandb runs offline") for n in resolve(cfg, CPU).notes)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = valid_cfg()
+    cfg.logging.report_to = "wandb"
+    assert not any(n.startswith("logging: wandb") for n in resolve(cfg, CPU).notes)
