@@ -1,0 +1,151 @@
+"""tunelaunch on a real Slurm cluster (scripts/slurm-cluster.sh: two nodes on this machine): `tunelaunch submit`
+and `sbatch slurm/train.sbatch` form one world across the nodes, a preemption signal checkpoints, requeues and
+resumes to the same weights as an uninterrupted run, and a sweep is one job array. Nothing is mocked: real
+sbatch, srun, accelerate launch and workers; what distribution means is checked from inside the ranks by the
+probe of tests/distributed (injected through PYTHONPATH, which sbatch passes on to the job)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.distributed.conftest import cli_env, read_probes
+from tests.slurm.conftest import REPO, SlurmCluster, job_fields, job_output, sbatch, wait_for_array, wait_for_job
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
+TUNELAUNCH = str(Path(sys.executable).parent / "tunelaunch")
+TINY = ("recipe=sft/chat_tiny", "training.deterministic=true")
+
+
+def job_env(probe_dir: Path | None = None) -> dict:
+    env = cli_env(probe_dir)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+
+
+def submit(cwd: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run([TUNELAUNCH, "submit", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def submitted_id(out: str) -> str:
+    return re.search(r"Submitted job (?:array )?(\d+)", out).group(1)
+
+
+def weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def assert_one_world_over_two_nodes(probe_dir: Path, log: str) -> None:
+    probes = read_probes(probe_dir)
+    assert sorted(probes) == [0, 1], probes.keys()
+    assert {p["node_rank_env"] for p in probes.values()} == {0, 1}  # each node its own rank
+    for p in probes.values():
+        assert (p["world_size"], p["local_rank_env"], p["wrapper"]) == (2, 0, "DistributedDataParallel")
+    assert probes[0]["params_sha256"] == probes[1]["params_sha256"]  # one model, trained together
+    assert "node rank 0 (node1)" in log and "node rank 1 (node2)" in log
+
+
+def test_submit_runs_one_world_across_two_nodes(slurm_cluster: SlurmCluster, tmp_path):
+    probe = tmp_path / "probe"
+    done = submit(tmp_path, *TINY, "cluster.nodes=2", "training.max_steps=4", "project_name=two-nodes",
+                  env=job_env(probe))
+    job = submitted_id(done.stdout)
+    assert "tail -f" in done.stdout and "tunelaunch runs" in done.stdout
+    fields = wait_for_job(job, timeout=600)
+    log = job_output(fields)
+    assert fields["JobState"] == "COMPLETED", log[-3000:]
+    assert fields["NumNodes"] == "2"
+    run = tmp_path / "two-nodes"
+    assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
+    assert (run / "job.sbatch").is_file() and (run / "config.yaml").is_file()
+    assert_one_world_over_two_nodes(probe, log)
+
+
+def test_sbatch_template_runs_the_same_path(slurm_cluster: SlurmCluster, tmp_path):
+    probe = tmp_path / "probe"
+    job = sbatch(["--nodes=2", str(REPO / "slurm" / "train.sbatch"), *TINY, "training.max_steps=4",
+                  "project_name=template"], cwd=tmp_path, env=job_env(probe))
+    fields = wait_for_job(job, timeout=600)
+    log = job_output(fields)
+    assert fields["JobState"] == "COMPLETED", log[-3000:]
+    assert "cluster: this Slurm allocation has 2 node(s)" in log  # the node count came from the allocation
+    assert json.loads((tmp_path / "template" / "run_state.json").read_text())["status"] == "finished"
+    assert_one_world_over_two_nodes(probe, log)
+
+
+def test_preemption_checkpoints_requeues_and_resumes_to_the_same_weights(slurm_cluster: SlurmCluster, tmp_path):
+    steps = ("training.max_steps=12", "training.save_strategy=steps", "training.save_steps=1000", "logging.steps=1",
+             "training.eval_strategy=no")
+    env = job_env()
+    whole = submitted_id(submit(tmp_path, *TINY, *steps, "cluster.nodes=2", "project_name=whole", env=env).stdout)
+    cut = submitted_id(submit(tmp_path, *TINY, *steps, "cluster.nodes=2", "project_name=cut", env=env).stdout)
+    log_file = tmp_path / "cut" / "train.log"
+    deadline = time.monotonic() + 300
+    while "'loss'" not in (log_file.read_text() if log_file.is_file() else "") or "{'loss'" not in job_output(
+            job_fields(cut)):
+        assert time.monotonic() < deadline, job_output(job_fields(cut))[-3000:]
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", cut], check=True)
+    fields = wait_for_job(cut, timeout=600)
+    log = job_output(fields)
+    assert fields["JobState"] == "COMPLETED", log[-3000:]
+    assert fields["Restarts"] == "1"
+    assert "SLURM_RESTART_COUNT=1" in log
+    saved = re.search(r"requeueing job", log) and re.search(r"resuming from (checkpoint-\d+)", log)
+    assert saved, log[-3000:]
+    assert int(saved.group(1).split("-")[1]) < 12  # stopped mid-run, not at the end
+    state = json.loads((tmp_path / "cut" / "run_state.json").read_text())
+    assert state["status"] == "finished" and state["global_step"] == 12
+    assert wait_for_job(whole, timeout=600)["JobState"] == "COMPLETED"
+    assert max_diff(weights(tmp_path / "whole"), weights(tmp_path / "cut")) <= 1e-5
+
+
+def test_submit_sweep_is_one_job_array(slurm_cluster: SlurmCluster, tmp_path):
+    done = submit(tmp_path, "-m", *TINY, "peft=lora", "training.max_steps=2", "training.lr=1e-4,3e-4",
+                  "peft.r=8,16", "project_name=sweep", "cluster.array_parallelism=2", env=job_env())
+    assert "Submitted job array" in done.stdout
+    array = submitted_id(done.stdout)
+    tasks = wait_for_array(array, timeout=900)
+    assert sorted(tasks) == ["0", "1", "2", "3"]
+    assert {t["JobState"] for t in tasks.values()} == {"COMPLETED"}, {k: job_output(t)[-1500:] for k, t in tasks.items()}
+    trials = sorted(p.parent for p in (tmp_path / "sweep").glob("*/run_state.json"))
+    assert len(trials) == 4
+    table = subprocess.run([TUNELAUNCH, "runs", str(tmp_path / "sweep"), "--sort", "train_loss"], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert len(table) == 5
+    for row in table[1:]:
+        cells = row.split()
+        assert cells[1] == "finished" and cells[2] == "2/2"
+        float(cells[3])  # a final train loss
+    assert {re.search(r"training\.lr=\S+ peft\.r=\d+", row).group(0) for row in table[1:]} == {
+        f"training.lr={lr} peft.r={r}" for lr in ("0.0001", "0.0003") for r in (8, 16)}
+
+
+def test_preprocessing_job_runs_first_and_training_reuses_its_cache(slurm_cluster: SlurmCluster, tmp_path):
+    env = job_env()
+    env["TUNELAUNCH_CACHE"] = str(tmp_path / "cache")  # a fresh cache: the preparation job must fill it
+    done = submit(tmp_path, *TINY, "training.max_steps=2", "cluster.preprocess_job=true", "project_name=prep",
+                  env=env)
+    ids = re.search(r"Submitted job (\d+) \(after data preparation job (\d+)\)", done.stdout)
+    assert ids, done.stdout
+    train, prep = ids.groups()
+    assert wait_for_job(prep, timeout=600)["JobState"] == "COMPLETED"
+    fields = wait_for_job(train, timeout=600)
+    assert fields["JobState"] == "COMPLETED", job_output(fields)[-3000:]
+    assert "data: reused cache" in (tmp_path / "prep" / "train.log").read_text()
