@@ -53,6 +53,11 @@ def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None) -> Res
     _processes(cfg, hw, out)
     _backend(cfg, hw, out)
     _accumulation(cfg, out)
+    if cfg.training.deterministic:
+        out.notes.append("reproducibility: deterministic kernels; " + (
+            "on CPU two runs of this configuration, and a run stopped and resumed, end with identical weights"
+            if hw.gpus == 0 else "on GPUs runs repeat bit for bit on the same machine, GPU model, software stack and "
+            "world size (slower kernels; an operation without a deterministic one is an error)"))
     if cfg.logging.report_to == "wandb" and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
         out.notes.append("logging: wandb runs offline (no WANDB_API_KEY); upload later with `wandb sync <run>/wandb`")
     return out

@@ -190,3 +190,21 @@ def test_wandb_without_a_key_runs_offline_and_says_so(monkeypatch):
     cfg = valid_cfg()
     cfg.logging.report_to = "wandb"
     assert not any(n.startswith("logging: wandb") for n in resolve(cfg, CPU).notes)
+
+
+def test_plan_states_what_deterministic_runs_reproduce():
+    from launcher.hardware import Hardware
+    from launcher.resolve import resolve
+    from tests.unit.helpers import valid_cfg
+
+    cfg = valid_cfg()
+    assert not [n for n in resolve(cfg, Hardware()).notes if n.startswith("reproducibility")]
+    cfg = valid_cfg()
+    cfg.training.deterministic = True
+    cpu = [n for n in resolve(cfg, Hardware()).notes if n.startswith("reproducibility")]
+    assert len(cpu) == 1 and "on CPU" in cpu[0] and "identical weights" in cpu[0]
+    cfg = valid_cfg()
+    cfg.training.deterministic = True
+    gpu = [n for n in resolve(cfg, Hardware(gpus=8, gpu_name="H100", gpu_memory_gib=80, bf16=True)).notes
+           if n.startswith("reproducibility")]
+    assert len(gpu) == 1 and "same machine, GPU model" in gpu[0]
