@@ -12,51 +12,12 @@ import pytest
 import yaml
 
 from launcher.embedded import build_tiny_llama
-from tests.unit.helpers import REPO, SAMPLES
+from tests.unit.helpers import REPO, SAMPLES, SEED_CONFIG
 
 PREFERENCE = SAMPLES / "preference"
 PLANTED_TOKEN = "hf_tlTESTplanted0d15ea5e5ecret"
 PLANTED_USER = "tl-test-user"
 
-# The ORPO example of AutoTrain's "LLM Finetuning" page, verbatim.
-SEED_CONFIG = """\
-task: llm-orpo
-base_model: meta-llama/Meta-Llama-3-8B-Instruct
-project_name: autotrain-llama3-8b-orpo
-log: tensorboard
-backend: local
-
-data:
-  path: argilla/distilabel-capybara-dpo-7k-binarized
-  train_split: train
-  valid_split: null
-  chat_template: chatml
-  column_mapping:
-    text_column: chosen
-    rejected_text_column: rejected
-    prompt_text_column: prompt
-
-params:
-  block_size: 1024
-  model_max_length: 8192
-  max_prompt_length: 512
-  epochs: 3
-  batch_size: 2
-  lr: 3e-5
-  peft: true
-  quantization: int4
-  target_modules: all-linear
-  padding: right
-  optimizer: adamw_torch
-  scheduler: linear
-  gradient_accumulation: 4
-  mixed_precision: fp16
-
-hub:
-  username: ${HF_USERNAME}
-  token: ${HF_TOKEN}
-  push_to_hub: true
-"""
 PROJECT = "autotrain-llama3-8b-orpo"
 
 

@@ -15,7 +15,7 @@ from launcher.config.errors import ConfigError
 from launcher.config.parse import from_dict
 from launcher.config.schema import REDACTED, RunConfig
 from launcher.methods import AUTOTRAIN_TASKS
-from tests.unit.helpers import SAMPLES
+from tests.unit.helpers import SAMPLES, SEED_CONFIG
 
 # (name, documented default), in the documented order.
 AUTOTRAIN_DOCUMENTED = [
@@ -70,45 +70,7 @@ AUTOTRAIN_DOCUMENTED = [
 ]
 AUTOTRAIN_NAMES = [name for name, _ in AUTOTRAIN_DOCUMENTED]
 
-# The config.yaml example of the same page (ORPO on Llama 3).
-SEED_CONFIG = """\
-task: llm-orpo
-base_model: meta-llama/Meta-Llama-3-8B-Instruct
-project_name: autotrain-llama3-8b-orpo
-log: tensorboard
-backend: local
-
-data:
-  path: argilla/distilabel-capybara-dpo-7k-binarized
-  train_split: train
-  valid_split: null
-  chat_template: chatml
-  column_mapping:
-    text_column: chosen
-    rejected_text_column: rejected
-    prompt_text_column: prompt
-
-params:
-  block_size: 1024
-  model_max_length: 8192
-  max_prompt_length: 512
-  epochs: 3
-  batch_size: 2
-  lr: 3e-5
-  peft: true
-  quantization: int4
-  target_modules: all-linear
-  padding: right
-  optimizer: adamw_torch
-  scheduler: linear
-  gradient_accumulation: 4
-  mixed_precision: fp16
-
-hub:
-  username: ${HF_USERNAME}
-  token: ${HF_TOKEN}
-  push_to_hub: true
-"""
+# The config.yaml example of the same page (ORPO on Llama 3): tests.unit.helpers.SEED_CONFIG.
 
 
 def write(tmp_path, doc, name="config.yaml"):
