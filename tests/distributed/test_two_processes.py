@@ -178,9 +178,12 @@ def _prod(shape) -> int:
 
 # What a rank other than 0 may write in the run folder: its own share of a checkpoint, which no other rank can
 # write for it (the Trainer's per-process RNG state, DeepSpeed's per-rank partitions of the model and optimizer
-# states) and the folders holding them. Nothing else: no log, model, tokenizer, state or manifest.
+# states) and the folders holding them, inside the staging folder a save is written to (tmp-checkpoint-N/
+# checkpoint-N, renamed by rank 0 when every rank is done: launcher.checkpointing). Nothing else: no log, model,
+# tokenizer, state or manifest, and nothing in a published checkpoint-N.
 RANK1_CHECKPOINT_FILES = re.compile(
-    r"checkpoint-\d+(/rng_state_1\.pth|/global_step\d+(/zero_pp_rank_1_mp_rank_00_(model|optim)_states\.pt)?)?")
+    r"tmp-checkpoint-(\d+)(/checkpoint-\1"
+    r"(/rng_state_1\.pth|/global_step\d+(/zero_pp_rank_1_mp_rank_00_(model|optim)_states\.pt)?)?)?")
 
 
 @pytest.mark.parametrize("name", ["ddp", "zero3"])
