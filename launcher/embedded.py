@@ -169,4 +169,10 @@ if __name__ == "__main__":
     builders = {"tiny": build_tiny_llama, "smollm2": smollm2_folder}
     if len(sys.argv) != 2 or sys.argv[1] not in builders:
         sys.exit("usage: python -m launcher.embedded tiny|smollm2")
-    print(builders[sys.argv[1]]())
+    # stdout carries the folder alone (scripts read it with $(...)): whatever the libraries print while building
+    # (DeepSpeed's logger writes "Setting accelerator to CPU" to stdout when it is imported) goes to stderr.
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):
+        folder = builders[sys.argv[1]]()
+    print(folder)
