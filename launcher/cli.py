@@ -135,7 +135,8 @@ def cmd_submit(args) -> int:
     if problems:
         print("Nothing was submitted:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
         return EXIT_CONFIG
-    base = Path(_base_project_name(args.config, overrides) or ".") if len(plans) > 1 else None
+    # A sweep's trials run in <project_name>/<swept values>: their common parent holds the array's files.
+    base = plans[0].run_dir.parent if len(plans) > 1 else None
     if args.dry_run:
         for plan in plans:
             print(render_plan(plan, brief=True))

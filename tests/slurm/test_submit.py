@@ -125,6 +125,10 @@ def test_submit_sweep_is_one_job_array(slurm_cluster: SlurmCluster, tmp_path):
     assert {t["JobState"] for t in tasks.values()} == {"COMPLETED"}, {k: job_output(t)[-1500:] for k, t in tasks.items()}
     trials = sorted(p.parent for p in (tmp_path / "sweep").glob("*/run_state.json"))
     assert len(trials) == 4
+    # the array's script, its list of trials and its logs live in the sweep's folder, not where submit ran
+    assert (tmp_path / "sweep" / "sweep.sbatch").is_file() and len(list((tmp_path / "sweep" / "slurm").glob("*.out"))) == 4
+    assert sorted(json.loads((tmp_path / "sweep" / "trials.json").read_text())) == sorted(str(t.resolve()) for t in trials)
+    assert not list(tmp_path.glob("*.sbatch")) and not (tmp_path / "slurm").exists()
     table = subprocess.run([TUNELAUNCH, "runs", str(tmp_path / "sweep"), "--sort", "train_loss"], capture_output=True,
                            text=True, check=True).stdout.splitlines()
     assert len(table) == 5

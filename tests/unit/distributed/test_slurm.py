@@ -107,6 +107,14 @@ def test_bad_cluster_keys_exit_2_before_anything_is_written(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_sweep_dry_run_names_its_files_in_the_sweep_folder(tmp_path):
+    done = submit(tmp_path, "--dry-run", "-m", "recipe=sft/chat_tiny", "project_name=sweep", "training.lr=1e-4,3e-4")
+    assert done.returncode == 0, done.stderr
+    assert "# sweep/sweep.sbatch (not written)" in done.stdout
+    assert "#SBATCH --array=0-1" in done.stdout and str((tmp_path / "sweep" / "trials.json").resolve()) in done.stdout
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_one_bad_trial_submits_no_trial(tmp_path):
     done = submit(tmp_path, "-m", "recipe=sft/chat_tiny", "project_name=sweep", "training.lr=1e-4,-1")
     assert done.returncode == 2
