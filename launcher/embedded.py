@@ -53,15 +53,13 @@ def _strings(value):
 
 
 def _tiny_hash(files: list[Path]) -> str:
-    import tokenizers
-    import torch
-    import transformers
+    from importlib.metadata import version  # not the packages themselves: importing torch costs seconds
 
     h = hashlib.sha256(Path(__file__).read_bytes())
     for f in files:
         h.update(str(f.relative_to(SAMPLES_DIR)).encode() + b"\0" + f.read_bytes())
     # Random init and the saved format may change with these.
-    h.update(f"{torch.__version__} {transformers.__version__} {tokenizers.__version__}".encode())
+    h.update(" ".join(version(p) for p in ("torch", "transformers", "tokenizers")).encode())
     return h.hexdigest()[:10]
 
 

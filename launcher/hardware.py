@@ -3,6 +3,7 @@ machines they do not have."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,6 +18,8 @@ class Hardware:
     """Whether the GPUs compute in bf16."""
     flash_attn: bool = False
     """Whether the flash-attn package is importable."""
+    liger: bool = False
+    """Whether the liger-kernel package is installed."""
 
     @property
     def kind(self) -> str:
@@ -27,20 +30,33 @@ class Hardware:
         """The nodes a Slurm job will get, as the cluster settings describe them (the submitting machine, often
         a login node without GPUs, says nothing about them). flash-attn: whether this environment has it, as
         the nodes share it."""
-        flash = importlib.util.find_spec("flash_attn") is not None
+        flash, liger = installed("flash_attn"), installed("liger_kernel")
         if not gpus_per_node:
-            return cls(flash_attn=flash)
+            return cls(flash_attn=flash, liger=liger)
         return cls(gpus=gpus_per_node, gpu_name="Slurm node GPU", gpu_memory_gib=gpu_memory_gib, bf16=bf16,
-                   flash_attn=flash)
+                   flash_attn=flash, liger=liger)
 
     @classmethod
     def detect(cls) -> "Hardware":
+        flash, liger = installed("flash_attn"), installed("liger_kernel")
+        if not gpu_driver_present():  # asking torch costs seconds of imports; without a driver it says no GPU
+            return cls(flash_attn=flash, liger=liger)
         import torch
 
-        flash = importlib.util.find_spec("flash_attn") is not None
         if not torch.cuda.is_available():
-            return cls(flash_attn=flash)
+            return cls(flash_attn=flash, liger=liger)
         props = torch.cuda.get_device_properties(0)
         return cls(gpus=torch.cuda.device_count(), gpu_name=props.name,
                    gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   bf16=torch.cuda.is_bf16_supported(), flash_attn=flash)
+                   bf16=torch.cuda.is_bf16_supported(), flash_attn=flash, liger=liger)
+
+
+def gpu_driver_present() -> bool:
+    """Whether an NVIDIA or AMD GPU driver is loaded on this machine: its device files or proc entries exist."""
+    return any(Path(p).exists() for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd",
+                                          "/dev/dxg"))
+
+
+def installed(package: str) -> bool:
+    """Whether a package can be imported, found without importing it."""
+    return importlib.util.find_spec(package) is not None

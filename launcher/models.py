@@ -8,6 +8,7 @@ import logging
 
 import torch
 
+from launcher.config.lora_inits import LORA_INITS
 from launcher.config.schema import RunConfig
 from launcher.data.templates import get_template
 
@@ -91,8 +92,22 @@ def lora_config(cfg: RunConfig, task_type: str = "CAUSAL_LM"):
 
     p = cfg.peft
     targets = p.target_list()
+    # A SEQ_CLS model's score head is added to modules_to_save by peft itself.
     return LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=targets,
-                      bias="none", task_type=task_type)
+                      bias="none", task_type=task_type, use_dora=p.use_dora, use_rslora=p.use_rslora,
+                      init_lora_weights=LORA_INITS[p.init.lower()], modules_to_save=list(p.modules_to_save) or None,
+                      # A tied input/output embedding stays tied when one of them is trained in full (untied, the
+                      # merged model would carry two matrices; peft warns when asked on an untied model).
+                      ensure_weight_tying=bool(p.modules_to_save) and _ties_embeddings(cfg))
+
+
+def _ties_embeddings(cfg: RunConfig) -> bool:
+    from transformers import AutoConfig
+
+    m = cfg.model
+    config = AutoConfig.from_pretrained(m.name_or_path, revision=m.revision, gguf_file=m.gguf_file,
+                                        trust_remote_code=m.trust_remote_code)
+    return any(getattr(c, "tie_word_embeddings", False) for c in (config, config.get_text_config()))
 
 
 def _drop_gguf_marker(model) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from launcher.config.errors import EXIT_CONFIG, ConfigError
 from launcher.config.schema import RunConfig
+from launcher.data.formats import UNPAIRED
 from launcher.methods import METHODS
 
 OPEN, CLOSE = "[[", "]]"
@@ -40,13 +41,15 @@ def main(config: str | None, overrides: list[str], show: int = 2, color: bool | 
     try:
         if METHODS[cfg.trainer.name].pairs:
             text = preference_report(cfg, tokenizer, plan.data, show)
+        elif plan.data.format in UNPAIRED:
+            text = unpaired_report(cfg, tokenizer, plan.data, show)
         elif cfg.trainer.name == "sft":
             from launcher.data.processed import prepare_sft
 
             prepared = prepare_sft(cfg, tokenizer, plan.data)
             text = sft_report(cfg, tokenizer, plan.data, prepared, show, color)
         else:
-            print(f"prepare covers the sft, dpo, orpo and reward trainers, not {cfg.trainer.name}", file=sys.stderr)
+            print(f"prepare covers the sft, preference and kto trainers, not {cfg.trainer.name}", file=sys.stderr)
             return EXIT_CONFIG
     except EncodeError as err:
         print(f"data problem: {err}", file=sys.stderr)
@@ -237,6 +240,89 @@ def preference_report(cfg: RunConfig, tokenizer, data, show: int) -> str:
                        f"{st.rejected_truncated}")
             out += histogram(st.answer_lengths, d.block_size)
     return "\n".join(out)
+
+
+# ---- unpaired rows (kto): the label and the trained completion of each, tokenised as trl does, then cut
+
+@dataclass
+class UnpairedSample:
+    label: bool
+    prompt_ids: list
+    completion_ids: list
+    prompt_length: int
+    """Before the cut (data.max_prompt_length)."""
+    completion_length: int
+
+
+def unpaired_sample(row: dict, cfg: RunConfig, tokenizer, conversational: bool) -> UnpairedSample:
+    """One unpaired row as KTOTrainer tokenises it (conversations through the chat template with the generation
+    prompt, plain text with the eos token appended to the completion; the completion starts where the prompt
+    and the whole diverge), then cut to the limits as launcher.trainers.kto cuts it."""
+    from trl.data_utils import common_prefix_length
+
+    from launcher.data.encode import cut_preference_pair
+    from launcher.data.load import unpaired_row
+
+    row = unpaired_row(row, conversational)
+    if conversational:
+        prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=True, return_dict=True,
+                                               add_generation_prompt=True)["input_ids"]
+        whole = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True,
+                                              return_dict=True)["input_ids"]
+    else:
+        eos = tokenizer.eos_token or ""
+        completion = row["completion"] if row["completion"].endswith(eos) else row["completion"] + eos
+        prompt = tokenizer(text=row["prompt"])["input_ids"]
+        whole = tokenizer(text=row["prompt"] + completion)["input_ids"]
+    start = common_prefix_length(list(prompt), list(whole))
+    prompt_ids, completion_ids = list(whole[:start]), list(whole[start:])
+    kept_prompt, kept_completion = cut_preference_pair(prompt_ids, completion_ids, cfg, tokenizer.bos_token_id)
+    return UnpairedSample(row["label"], kept_prompt, kept_completion, len(prompt_ids), len(completion_ids))
+
+
+def unpaired_report(cfg: RunConfig, tokenizer, data, show: int) -> str:
+    from launcher.data.encode import prompt_cap
+    from launcher.data.formats import label_counts
+    from launcher.data.load import effective_template
+
+    d = cfg.data
+    splits = [(name, s) for name, s in (("train", data.train), ("valid", data.valid)) if s is not None]
+    conversational = d.chat_template != "none" or any(
+        isinstance(r["prompt"], list) or isinstance(r["completion"], list) for _, s in splits for r in s.rows)
+    name = effective_template(cfg, data.format) if conversational else "none"
+    out = [f"Prepared {data.format} rows for the {cfg.trainer.name} trainer: {d.path}, template {name} "
+           f"(trl tokenises them when training, as here); each completion's reward is raised when labelled true "
+           f"(desirable, weight {cfg.trainer.desirable_weight}) and lowered when false (undesirable, weight "
+           f"{cfg.trainer.undesirable_weight})"]
+    rows = data.train.rows
+    if rows[:show]:
+        out.append(f"\n== {min(show, len(rows))} of {len(rows)} rows as the model sees them, the trained completion "
+                   f"in {OPEN}...{CLOSE}")
+    for i, row in enumerate(rows[:show]):
+        sample = unpaired_sample(row, cfg, tokenizer, conversational)
+        kind = "true (desirable)" if sample.label else "false (undesirable)"
+        out.append(f"-- row {i + 1}: label {kind}, {len(sample.prompt_ids)} prompt tokens, "
+                   f"{len(sample.completion_ids)} trained")
+        out.append(f"{_decode(tokenizer, sample.prompt_ids)}{OPEN}{_decode(tokenizer, sample.completion_ids)}{CLOSE}")
+    keep = prompt_cap(cfg)
+    for split_name, split in splits:
+        samples = [unpaired_sample(r, cfg, tokenizer, conversational) for r in split.rows]
+        desirable, undesirable = label_counts(split.rows)
+        out.append(f"\n== {split_name}: {len(samples)} rows, {desirable} desirable (true), {undesirable} undesirable "
+                   "(false)")
+        cut = sum(len(s.prompt_ids) < s.prompt_length for s in samples)
+        out.append(f"  prompts cut to their last {keep} tokens (max_prompt_length): {cut}")
+        out += histogram([s.prompt_length for s in samples], keep)
+        limit = (f"max_completion_length {d.max_completion_length}" if d.max_completion_length
+                 else f"what block_size {d.block_size} leaves after the prompt")
+        cut = sum(len(s.completion_ids) < s.completion_length for s in samples)
+        out.append(f"  completions cut to {limit}: {cut}")
+        out += histogram([s.completion_length for s in samples])
+    return "\n".join(out)
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
 def _has_rich() -> bool:

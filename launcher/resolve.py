@@ -3,7 +3,8 @@ this order (each step may read what the steps before it decided):
 
   1. precision            auto -> bf16 / fp16 on GPUs, fp32 on CPU; bf16 without support -> fp16
   2. attention            auto -> flash_attention_2 (GPU + flash-attn) or sdpa; an impossible choice -> sdpa
-  3. gradient checkpointing  auto -> on with a GPU, off on CPU
+  3. gradient checkpointing  auto -> on with a GPU, off on CPU; Liger kernels auto -> on with a GPU and
+                          liger-kernel installed; torch.compile as asked (each stated, with what a GPU would get)
   4. block size           -1 -> min(1024, model max length, the model's positions)
   5. chat template        Alpaca rows under `none` -> alpaca (and how sft packs, now that the length is known)
   6. processes            num_processes null -> one per GPU (one without GPUs); on Slurm num_nodes = cluster.nodes
@@ -26,6 +27,7 @@ from launcher.config.validate import effective_block_size
 from launcher.distributed import memory
 from launcher.distributed.launch import world_size
 from launcher.hardware import Hardware
+from launcher.methods import METHODS
 
 
 @dataclass
@@ -39,6 +41,8 @@ class Resolution:
     """Why there is no estimate."""
     hidden_size: int | None = None
     """The model's hidden size (sizes DeepSpeed's communication buckets)."""
+    shape: memory.ModelShape | None = None
+    """The model's shape, counted from its config.json (None without one)."""
 
 
 def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None) -> Resolution:
@@ -47,12 +51,14 @@ def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None) -> Res
     _precision(cfg, hw, out)
     _attention(cfg, hw, out)
     _checkpointing(cfg, hw, out)
+    _kernels(cfg, hw, out)
     _block_size(cfg, out)
     _template(cfg, data_format, out)
     _packing(cfg, out)
     _processes(cfg, hw, out)
     _backend(cfg, hw, out)
     _accumulation(cfg, out)
+    _adapter(cfg, hw, out)
     if cfg.training.deterministic:
         out.notes.append("reproducibility: deterministic kernels; " + (
             "on CPU two runs of this configuration, and a run stopped and resumed, end with identical weights"
@@ -85,7 +91,8 @@ def _attention(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
     if attn == "auto":
         cfg.model.attn_implementation = "flash_attention_2" if flash_ok else "sdpa"
         why = "flash-attn installed, GPU present" if flash_ok else (
-            "no GPU" if hw.gpus == 0 else "flash-attn not installed")
+            "no GPU; on a GPU with flash-attn installed: flash_attention_2" if hw.gpus == 0
+            else "flash-attn not installed: `pip install flash-attn` for flash_attention_2")
         out.notes.append(f"attention: auto -> {cfg.model.attn_implementation} ({why})")
     elif attn == "flash_attention_2" and not flash_ok:
         cfg.model.attn_implementation = "sdpa"
@@ -97,6 +104,26 @@ def _checkpointing(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
     if cfg.training.gradient_checkpointing == "auto":
         cfg.training.gradient_checkpointing = hw.gpus > 0
         out.notes.append(f"gradient checkpointing: auto -> {'on' if hw.gpus else 'off (CPU: it only costs time)'}")
+
+
+def _kernels(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
+    m = cfg.model
+    if m.liger_kernel == "auto" or (m.liger_kernel is True and hw.gpus == 0):
+        asked, m.liger_kernel = m.liger_kernel, hw.gpus > 0 and hw.liger
+        why = ("GPU present, liger-kernel installed" if m.liger_kernel else
+               "no GPU: Liger's kernels are Triton, GPU only; on a GPU with liger-kernel installed auto turns them on"
+               if hw.gpus == 0 else "liger-kernel not installed: `pip install liger-kernel` for fused norm, RoPE, "
+               "SwiGLU and a cross-entropy without the full logits")
+        out.notes.append(f"kernels: Liger {asked} -> {'on' if m.liger_kernel else 'off'} ({why})")
+    elif m.liger_kernel is True and not hw.liger:
+        out.problems.append(Problem("model.liger_kernel", "is true but the liger-kernel package is not installed: "
+                                    "`pip install liger-kernel`, or set model.liger_kernel=auto"))
+    if m.compile:
+        out.notes.append("compile: torch.compile on: the first step compiles (minutes), later steps run faster"
+                         + ("" if cfg.data.packing else "; without data.packing every new sequence length "
+                            "recompiles"))
+    elif hw.gpus:
+        out.notes.append("compile: off (model.compile=true compiles the model: faster steps after a first slow one)")
 
 
 def model_positions(cfg: RunConfig) -> int | None:
@@ -138,9 +165,13 @@ def _packing(cfg: RunConfig, out: Resolution) -> None:
                          "tokens; every block is full, but samples are split across blocks and attend to their "
                          "neighbours")
     else:
+        kernel = ("flash-attention's variable-length kernel runs each sample on its own (no L x L mask)"
+                  if cfg.model.attn_implementation == "flash_attention_2" else
+                  f"{cfg.model.attn_implementation} gets a block-diagonal L x L mask built from them (flash_attention_2 "
+                  "would run each sample on its own with its variable-length kernel)")
         out.notes.append(f"data: packing: samples are packed best-fit into sequences of up to {length} tokens; "
-                         f"position ids restart at each sample, so with {cfg.model.attn_implementation} attention no "
-                         "sample attends to another (padding-free, no pad tokens computed)")
+                         f"position ids restart at each sample, so no sample attends to another: {kernel}; "
+                         "padding-free, no pad tokens computed")
 
 
 def _processes(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
@@ -160,6 +191,7 @@ def _backend(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
     world = world_size(cfg)
     shape, out.estimate_missing = memory.model_shape(cfg)
     out.hidden_size = shape.hidden if shape else None
+    out.shape = shape
     gpu_gib = hw.gpu_memory_gib if hw.gpus else None
     if d.backend == "auto":
         layout, out.backend_reason, out.estimate = memory.choose(cfg, shape, out.estimate_missing, world, gpu_gib)
@@ -190,3 +222,37 @@ def _accumulation(cfg: RunConfig, out: Resolution) -> None:
     t.gradient_accumulation = t.global_batch_size // per_pass
     out.notes.append(f"batch: global {t.global_batch_size} = {t.batch_size} per device x {world} "
                      f"process(es) x {t.gradient_accumulation} accumulation steps")
+
+
+def _adapter(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
+    """What the LoRA variants make of the adapter, said once; what cannot run on this machine, refused."""
+    p = cfg.peft
+    if not p.enabled:
+        return
+    if p.use_dora and cfg.quantization.mode == "int8" and hw.gpus == 0:
+        out.problems.append(Problem("peft.use_dora / quantization.mode", (
+            "DoRA over int8 weights fails on CPU from the second step (bitsandbytes' CPU int8 matmul loses the "
+            "weight's statistics once DoRA has dequantized it): use quantization.mode=int4 or none, or a GPU")))
+    # the shape is the causal LM's: a score head (reward) is not in it, and peft trains it in full anyway
+    head = ("score", "classifier") if METHODS[cfg.trainer.name].score_head else ()
+    for name in out.shape.unmatched_modules if out.shape is not None else ():
+        if name in head:
+            continue
+        out.problems.append(Problem("peft.modules_to_save", (
+            f"'{name}' matches no module of {cfg.model.name_or_path} (a name matches the modules whose dotted "
+            "name ends with it, e.g. lm_head or embed_tokens)")))
+    parts = []
+    if p.use_dora:
+        parts.append("DoRA (a trained magnitude per output feature of each adapted layer; slower steps, more "
+                     "activations)")
+    if p.use_rslora:
+        parts.append(f"rsLoRA (update scaled by alpha/sqrt(r) = {p.alpha / p.r ** 0.5:g} instead of alpha/r = "
+                     f"{p.alpha / p.r:g})")
+    if p.init != "default":
+        parts.append(f"init {p.init}")
+    if p.modules_to_save:
+        parts.append(f"trained in full and saved with the adapter: {', '.join(p.modules_to_save)}")
+    if parts:
+        trained = out.estimate.details["trained_params"] if out.estimate is not None else None
+        out.notes.append(f"adapter: LoRA r={p.r} with " + "; ".join(parts) + (
+            f"; {trained / 1e6:.2f}M trainable parameters" if trained is not None else ""))

@@ -32,6 +32,13 @@ class ModelConfig:
     [use_flash_attention_2: true = flash_attention_2]"""
     trust_remote_code: bool = False
     """Run Python code shipped with a hub model. Off unless you trust the model's repository."""
+    liger_kernel: Union[bool, Auto] = "auto"
+    """Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, and a cross-entropy that never materialises the
+    logits): less memory and more tokens/s on GPUs. auto: on when a GPU is used and the liger-kernel package is
+    installed; they do not run on CPU, so there auto is off and `true` falls back with a note."""
+    compile: bool = False
+    """torch.compile the model (transformers' torch_compile): faster steps after a first compiled step that takes
+    minutes; shapes that change from batch to batch (unpacked data) recompile, so it pays with packing."""
 
 
 @dataclass
@@ -39,9 +46,12 @@ class ColumnMapping:
     text_column: str = "text"
     """Column holding the text, the chat messages, or (preference data) the chosen answer. [text_column]"""
     rejected_text_column: Optional[str] = None
-    """Column holding the rejected answer; reward, dpo and orpo need it. [rejected_text_column]"""
+    """Column holding the rejected answer; reward, dpo, orpo, cpo and simpo need it. [rejected_text_column]"""
     prompt_text_column: Optional[str] = None
-    """Column holding the prompt; dpo and orpo need it. [prompt_text_column]"""
+    """Column holding the prompt; dpo, orpo, cpo and simpo need it. [prompt_text_column]"""
+    label_column: Optional[str] = None
+    """kto: column holding each completion's label, true/1 (desirable) or false/0 (undesirable); null = `label`.
+    With kto, text_column names the completion column. (AutoTrain has no such column.)"""
 
 
 @dataclass
@@ -54,9 +64,11 @@ class DataConfig:
     """Validation split, or null for none. [valid_split]"""
     num_validation_samples: int = 0
     """With no valid_split: hold out this many rows from the TAIL of train for validation (0 = no validation)."""
-    format: Literal["auto", "text", "messages", "prompt_completion", "alpaca", "preference"] = "auto"
+    format: Literal["auto", "text", "messages", "prompt_completion", "alpaca", "preference", "unpaired",
+                    "unpaired_messages"] = "auto"
     """Row format. auto detects it from the columns: `text`, chat `messages` (list of {role, content}),
-    `prompt`/`completion`, Alpaca `instruction`/`input`/`output`, preference `prompt`/`chosen`/`rejected`."""
+    `prompt`/`completion`, Alpaca `instruction`/`input`/`output`, preference `prompt`/`chosen`/`rejected`,
+    unpaired (kto) `prompt`/`completion`/`label` or `messages`/`label`."""
     chat_template: str = "none"
     """How rows are rendered to text: none, chatml, zephyr, alpaca, tokenizer (the model's own template), or a
     path to a Jinja file. The template used is saved with the output tokenizer. [chat_template]"""
@@ -68,9 +80,11 @@ class DataConfig:
     """Length of a training sequence (the `default` trainer cuts concatenated text into blocks of it);
     -1 = automatic: min(1024, model max_length). [block_size]"""
     max_prompt_length: int = 128
-    """Longest prompt kept for dpo/orpo (longer prompts are truncated, and counted). [max_prompt_length]"""
+    """Longest prompt kept for dpo/orpo/cpo/simpo/kto (longer prompts are truncated, and counted).
+    [max_prompt_length]"""
     max_completion_length: Optional[int] = None
-    """Longest completion kept for dpo/orpo; null = block_size minus the prompt. [max_completion_length]"""
+    """Longest completion kept for dpo/orpo/cpo/simpo/kto; null = block_size minus the prompt.
+    [max_completion_length]"""
     padding_side: Literal["left", "right"] = "right"
     """Side the tokenizer pads on. [padding]"""
     packing: bool = False
@@ -89,14 +103,37 @@ class DataConfig:
 @dataclass
 class TrainerConfig:
     name: TrainerName = "sft"
-    """Training method, one of launcher.methods: default (causal LM on blocks of text), sft, reward, dpo or orpo.
-    [trainer, task]"""
+    """Training method, one of launcher.methods: default (causal LM on blocks of text), sft, reward, dpo, orpo,
+    cpo, simpo or kto. [trainer, task]"""
     train_on: Literal["completion", "all"] = "completion"
     """sft loss on the assistant turns / completion only (with their end-of-turn token), or on all tokens."""
     beta: float = 0.1
-    """dpo: strength of the KL penalty to the reference model; orpo: weight of the odds-ratio loss. [dpo_beta]"""
+    """dpo: strength of the KL penalty to the reference model (ipo: its regularisation tau); orpo: weight of the
+    odds-ratio loss; cpo/simpo: scale of the reward (the SimPO paper uses 2.0-2.5, with simpo_gamma about half
+    of it); kto: how far the policy may move from the reference (the KTO paper uses 0.1). [dpo_beta]"""
     model_ref: Optional[str] = None
-    """dpo: reference model; null uses the base model (with LoRA: the base without the adapter). [model_ref]"""
+    """dpo, kto: reference model; null uses the base model (with LoRA: the base without the adapter). [model_ref]"""
+    loss_type: Union[str, list[str]] = "sigmoid"
+    """dpo: the loss, one of trl's DPOConfig.loss_type: sigmoid (DPO), hinge (SLiC), ipo, exo_pair, nca_pair,
+    robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm. A list
+    sums several, weighted by loss_weights: [sigmoid, bco_pair, sft] with weights [0.8, 0.2, 1.0] is MPO."""
+    loss_weights: Optional[list[float]] = None
+    """dpo: one weight per loss_type entry; null = 1.0 each."""
+    label_smoothing: float = 0.0
+    """dpo (robust, exo_pair, aot, aot_unpaired), cpo, simpo: the assumed chance that a pair's preference is
+    flipped, in [0, 0.5). exo_pair needs it above 0 (its paper: 1e-3); robust DPO's paper suggests 0.1."""
+    simpo_gamma: float = 0.5
+    """simpo: target reward margin gamma: the loss is -log sigmoid(beta x (mean log-prob chosen - mean log-prob
+    rejected) - gamma). The SimPO paper's gamma / beta is 0.3-0.8 (e.g. beta 2.0, gamma 1.0)."""
+    cpo_alpha: Optional[float] = None
+    """cpo/simpo: weight of the SFT (negative log-likelihood) loss on the chosen answer; null = 1.0 for cpo (the
+    CPO paper), 0 for simpo (pure SimPO; above 0 is CPO-SimPO)."""
+    desirable_weight: float = 1.0
+    """kto: weight of the loss on desirable (label true) completions. With unequal classes the KTO paper keeps
+    desirable_weight x desirable rows / (undesirable_weight x undesirable rows) in [1, 4/3]; `plan` reports the
+    balance and a weight that fits."""
+    undesirable_weight: float = 1.0
+    """kto: weight of the loss on undesirable (label false) completions (see desirable_weight)."""
 
 
 @dataclass
@@ -146,6 +183,9 @@ class TrainingConfig:
     """Halve the batch size on out-of-memory errors and retry. [auto_find_batch_size]"""
     validation_prompt: Optional[str] = None
     """A prompt answered by the model at each evaluation, logged so you can watch it learn. [validation_prompt]"""
+    neftune_noise_alpha: Optional[float] = None
+    """sft: NEFTune, uniform noise of scale alpha / sqrt(tokens x hidden) added to the input embeddings in training
+    (not in evaluation or generation); the paper's values are 5-15. null = off."""
 
 
 @dataclass
@@ -162,6 +202,21 @@ class PeftConfig:
     """Modules that get adapters: all-linear, or a comma-separated list of module names. [target_modules]"""
     merge_adapter: bool = False
     """Merge the adapter into the base weights when saving (a failed merge is an error). [merge_adapter]"""
+    use_dora: bool = False
+    """DoRA: split each adapted weight into a magnitude (a trained vector of its output size, saved with the
+    adapter) and a direction that LoRA updates. Closer to a full fine-tune at low rank; steps are slower and
+    keep more activations."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead of alpha / r, so high ranks still learn."""
+    init: str = "default"
+    """How the adapter starts: default (A random, B zero: training starts from the base model exactly),
+    gaussian (A drawn from a Gaussian of std 1/r, B zero), or orthogonal (A and B random with orthogonal
+    factors, so their product starts at zero; needs an even r). launcher/config/lora_inits.py says why peft's
+    other initialisations are not offered."""
+    modules_to_save: list[str] = field(default_factory=list)
+    """Modules trained in full and saved with the adapter, by name, e.g. [lm_head, embed_tokens] (new chat
+    template tokens then get trained embeddings); they cost gradients and optimizer states like a full fine-tune
+    of their size. Merging puts them into the merged model."""
 
     def target_list(self) -> Union[str, list[str]]:
         """target_modules as peft takes it: "all-linear", or the list of module names."""

@@ -6,12 +6,15 @@ which key): a key the run does not read is never a reason to refuse it. `unused_
 set for nothing."""
 from __future__ import annotations
 
+import ast
+import importlib.util
 import re
 from pathlib import Path
 from typing import Callable, Iterator
 
 from launcher import methods
 from launcher.config.errors import Problem, did_you_mean
+from launcher.config.library_names import enum_values
 from launcher.config.schema import RunConfig
 from launcher.data.templates import NAMES as TEMPLATE_NAMES
 
@@ -118,6 +121,74 @@ def adapters(cfg):
         yield Problem("quantization.mode / peft.enabled",
                       f"{cfg.quantization.mode} weights cannot be fully fine-tuned: set peft.enabled=true "
                       "(QLoRA) or quantization.mode=none")
+    yield from _lora_init(p.init, p.r)
+    for i, name in enumerate(p.modules_to_save):
+        if not isinstance(name, str) or not name.strip():
+            yield Problem(f"peft.modules_to_save[{i}]", f"'{name}' is not a module name (e.g. lm_head, embed_tokens)")
+    alpha = cfg.training.neftune_noise_alpha
+    if alpha is not None and alpha <= 0 and methods.reads(cfg.trainer.name, "training.neftune_noise_alpha"):
+        yield Problem("training.neftune_noise_alpha", f"must be positive (null turns NEFTune off), got {alpha}")
+
+
+def _lora_init(init: str, r: int) -> Iterator[Problem]:
+    from launcher.config.lora_inits import LORA_INITS, LORA_INITS_NOT_OFFERED
+
+    name = str(init).lower()
+    if name in LORA_INITS:
+        if name == "orthogonal" and r % 2:
+            yield Problem("peft.init / peft.r", f"orthogonal needs an even rank, got r={r}")
+        return
+    known = ", ".join(LORA_INITS)
+    peft_name = "pissa_niter_<n>" if re.fullmatch(r"pissa_niter_\d+", name) else name
+    if peft_name in LORA_INITS_NOT_OFFERED:
+        yield Problem("peft.init", f"'{init}' is not offered: it {LORA_INITS_NOT_OFFERED[peft_name]}. Use {known}")
+    else:
+        hint = did_you_mean(name, [*LORA_INITS, *LORA_INITS_NOT_OFFERED])
+        yield Problem("peft.init", f"unknown initialisation '{init}'.{hint} Known: {known}")
+
+
+@rule
+def preference_losses(cfg):
+    """The preference trainers' loss settings, each checked only for the methods that read it."""
+    t, reads = cfg.trainer, lambda key: methods.reads(t.name, key)
+    if reads("trainer.beta") and t.beta <= 0:
+        yield Problem("trainer.beta", f"must be positive, got {t.beta}")
+    if reads("trainer.label_smoothing") and not 0 <= t.label_smoothing < 0.5:
+        yield Problem("trainer.label_smoothing", f"must be in [0, 0.5), got {t.label_smoothing}")
+    for key, value in (("trainer.simpo_gamma", t.simpo_gamma), ("trainer.cpo_alpha", t.cpo_alpha)):
+        if reads(key) and value is not None and value < 0:
+            yield Problem(key, f"must not be negative, got {value}")
+    if not reads("trainer.loss_type"):
+        return
+    losses = [t.loss_type] if isinstance(t.loss_type, str) else t.loss_type
+    known = dpo_loss_types()
+    if not losses:
+        yield Problem("trainer.loss_type", f"an empty list: name at least one of {', '.join(known)}")
+    for name in losses:
+        if name not in known:
+            yield Problem("trainer.loss_type", f"unknown DPO loss '{name}'.{did_you_mean(name, known)} "
+                          f"Known: {', '.join(known)}")
+    if t.loss_weights is not None and len(t.loss_weights) != len(losses):
+        yield Problem("trainer.loss_weights / trainer.loss_type", (
+            f"{len(t.loss_weights)} weight(s) for {len(losses)} loss(es) {losses}: give one weight per loss, or "
+            "null for 1.0 each"))
+    if "exo_pair" in losses and t.label_smoothing == 0:
+        yield Problem("trainer.label_smoothing / trainer.loss_type",
+                      "exo_pair needs label_smoothing above 0 (its paper uses 1e-3)")
+
+
+@rule
+def unpaired_preference(cfg):
+    """kto's class weights, and the device batch its KL term is estimated from."""
+    t = cfg.trainer
+    for key in ("trainer.desirable_weight", "trainer.undesirable_weight"):
+        value = getattr(t, key.split(".")[1])
+        if methods.reads(t.name, key) and value <= 0:
+            yield Problem(key, f"must be positive, got {value} (to leave a class out, leave its rows out)")
+    if t.name == "kto" and cfg.training.batch_size == 1:
+        yield Problem("training.batch_size", (
+            "kto estimates its KL term from the other completions of a device batch, so it needs a batch_size of "
+            "at least 2, got 1: set training.batch_size=2 (and halve gradient_accumulation to keep the step's size)"))
 
 
 @rule
@@ -187,6 +258,16 @@ def unused_keys(cfg: RunConfig) -> list[str]:
                          f"(read by {', '.join(methods.readers(key))})")
     if cfg.peft.merge_adapter and not cfg.peft.enabled:
         notes.append("peft.merge_adapter: ignored, there is no adapter to merge without peft.enabled=true")
+    label = cfg.data.column_mapping.label_column
+    labelled = [m.name for m in methods.METHODS.values() if {"unpaired", "unpaired_messages"} & set(m.formats)]
+    if label and cfg.trainer.name not in labelled:
+        notes.append(f"data.column_mapping.label_column: {label} is not used by the {cfg.trainer.name} trainer "
+                     f"(read by {', '.join(labelled)})")
+    if not cfg.peft.enabled:
+        for leaf in ("use_dora", "use_rslora", "init", "modules_to_save"):
+            value = getattr(cfg.peft, leaf)
+            if value != getattr(default.peft, leaf):
+                notes.append(f"peft.{leaf}: {value} is ignored: it shapes the LoRA adapter, and peft.enabled is false")
     return notes
 
 
@@ -210,13 +291,30 @@ def _named_choice(key: str, value: str, names: list[str]) -> Iterator[Problem]:
         yield Problem(key, f"unknown name '{value}'.{hint} Known: {', '.join(names)}")
 
 
-def _optimizer_names() -> list[str]:
-    from transformers.training_args import OptimizerNames
+# trl 1.16's DPO losses, should its DPOConfig stop listing them in the help text of loss_type.
+_DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 
-    return [o.value for o in OptimizerNames]
+
+def dpo_loss_types() -> list[str]:
+    """The loss names trl's DPOConfig takes. trl keeps no list of them but the help text of that field, read here
+    from trl's source without importing it (as launcher.config.library_names does: plan stays fast); trl 1.16's
+    documented list stands in should the text no longer name them."""
+    spec = importlib.util.find_spec("trl")
+    source = Path(spec.submodule_search_locations[0], "trainer", "dpo_config.py") if spec else None
+    text = ""
+    if source is not None and source.is_file():
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "loss_type":
+                text = next((v.value for c in ast.walk(node) if isinstance(c, ast.Dict)
+                             for k, v in zip(c.keys, c.values) if getattr(k, "value", None) == "help"
+                             and isinstance(getattr(v, "value", None), str)), "")
+    return re.findall(r"`'(\w+)'`", text.split("If multiple")[0]) or list(_DPO_LOSSES)
+
+
+def _optimizer_names() -> list[str]:
+    return list(enum_values("transformers.training_args", "OptimizerNames"))
 
 
 def _scheduler_names() -> list[str]:
-    from transformers.trainer_utils import SchedulerType
-
-    return [s.value for s in SchedulerType]
+    return list(enum_values("transformers.trainer_utils", "SchedulerType"))

@@ -7,6 +7,7 @@ before anything loads.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -64,6 +65,7 @@ def check_data(cfg: RunConfig) -> DataCheck:
         else:
             out.valid = split
     _select_validation(cfg, out)
+    _check_labels(cfg, out)
     _check_packing(cfg, out)
     return out
 
@@ -84,6 +86,7 @@ def fill_hub_rows(cfg: RunConfig, checked: DataCheck) -> None:
         _check_rows(cfg, split, checked, read_hub_rows(split.source))
     if hub:
         _select_validation(cfg, checked)
+        _check_labels(cfg, checked)
     if checked.problems:
         raise DataFileError("\n".join(str(p) for p in checked.problems))
 
@@ -109,6 +112,16 @@ def preference_row(row: dict, conversational: bool) -> dict:
     return {k: row[k] if isinstance(row[k], list) else [{"role": role[k], "content": row[k]}] for k in keys}
 
 
+def unpaired_row(row: dict, conversational: bool) -> dict:
+    """A canonical unpaired row as the kto trainer (trl) takes it: `prompt`, `completion` and a boolean `label`;
+    conversational, a string prompt becomes the user turn and a string completion the assistant turn."""
+    if not conversational:
+        return dict(row)
+    role = {"prompt": "user", "completion": "assistant"}
+    return {**{k: row[k] if isinstance(row[k], list) else [{"role": role[k], "content": row[k]}] for k in role},
+            "label": row["label"]}
+
+
 def effective_template(cfg: RunConfig, fmt: Optional[str]) -> str:
     """The template rows are rendered with: Alpaca rows under `none` get the alpaca template."""
     if fmt == "alpaca" and cfg.data.chat_template == "none":
@@ -124,6 +137,9 @@ def conversations(row: dict, fmt: str) -> list[list[dict]]:
             {"role": "user", "content": prompt}]
         return [prompt_msgs + (row[k] if isinstance(row[k], list) else [{"role": "assistant", "content": row[k]}])
                 for k in ("chosen", "rejected")]
+    if fmt in formats.UNPAIRED:
+        sample = unpaired_row(row, conversational=True)
+        return [sample["prompt"] + sample["completion"]]
     sample = sft_row(row, fmt, chat=True)
     return [sample["messages"]] if "messages" in sample else []
 
@@ -156,17 +172,18 @@ def _check_rows(cfg: RunConfig, split: Split, out: DataCheck, raw_rows: list | N
         out.problems.append(Problem("data.column_mapping", _no_format_message(where, found, cfg)))
         return
     if cfg.trainer.name not in fmt.trainers:
-        out.problems.append(Problem("data.format", (
-            f"{where}: rows are {fmt.name} ({', '.join(fmt.columns)}), which the {cfg.trainer.name} trainer "
-            f"cannot use; it takes {', '.join(METHODS[cfg.trainer.name].formats)}")))
+        out.problems.append(_wrong_format(cfg, where, fmt, columns))
         return
     if out.format and out.format != fmt.name:
         out.problems.append(Problem("data.valid_split", f"{where}: {fmt.name} rows, but train is {out.format}"))
     out.format = fmt.name
+    if "label" in columns and fmt.name not in formats.UNPAIRED:
+        _note(out, f"data: {where}: the {cfg.trainer.name} trainer does not read the column 'label' and trains on "
+                   "every row, the undesirable ones too (trainer=kto learns from the labels)")
     errors = []
     for number, row in enumerate(rows, start=1):
         try:
-            split.rows.append(formats.normalise(row, fmt))
+            split.rows.append(formats.normalise(row, fmt, cfg.data.column_mapping.label_column or "label"))
         except formats.RowError as err:
             errors.append(f"{where}: row {number}: {err}")
     _add_row_errors(out, where, errors)
@@ -315,6 +332,34 @@ def _check_packing(cfg: RunConfig, out: DataCheck) -> None:
     # (how the sft trainer packs is stated by launcher.resolve, once the block size is concrete)
 
 
+def _check_labels(cfg: RunConfig, out: DataCheck) -> None:
+    """Unpaired (kto) rows: the training rows hold both classes; their balance is noted, with the class weights
+    that fit it when the configured ones do not (the KTO paper's rule, which trl also warns about)."""
+    if out.format not in formats.UNPAIRED or out.train is None or not out.train.rows or out.problems:
+        return  # (rows with problems were left out: count the classes once the data is read whole)
+    column = cfg.data.column_mapping.label_column or "label"
+    desirable, undesirable = formats.label_counts(out.train.rows)
+    if not desirable or not undesirable:
+        have, need = ("true (desirable)", "false/0 (undesirable)") if desirable else (
+            "false (undesirable)", "true/1 (desirable)")
+        out.problems.append(Problem("data", (
+            f"{out.train.source.describe()}: every training row is labelled {have} in column '{column}': kto "
+            f"learns from the contrast, so it needs {need} completions too; add some (for desirable rows alone, "
+            "train with trainer=sft)")))
+        return
+    t = cfg.trainer
+    note = (f"data: kto labels ('{column}'): {desirable} desirable, {undesirable} undesirable training rows "
+            f"({100 * desirable / (desirable + undesirable):.0f}% desirable)")
+    ratio = t.desirable_weight * desirable / (t.undesirable_weight * undesirable)
+    if not 1 <= ratio <= 4 / 3:
+        base_u = t.desirable_weight * desirable / undesirable
+        base_d = t.undesirable_weight * undesirable / desirable
+        note += (f"; desirable_weight x desirable / (undesirable_weight x undesirable) is {ratio:.2f}, the KTO "
+                 f"paper keeps it in [1, 1.33]: set trainer.undesirable_weight in {_inside(base_u * 3 / 4, base_u)} "
+                 f"or trainer.desirable_weight in {_inside(base_d, base_d * 4 / 3)}")
+    _note(out, note)
+
+
 def _note(out: DataCheck, note: str) -> None:
     if note not in out.notes:
         out.notes.append(note)
@@ -334,11 +379,30 @@ def _not_found(path: str, split: str) -> str:
 def _missing_mapped(cfg: RunConfig, where: str, missing: list[str], found: list[str]) -> str:
     cols = cfg.data.column_mapping
     keys = {cols.text_column: "text_column", cols.rejected_text_column: "rejected_text_column",
-            cols.prompt_text_column: "prompt_text_column"}
+            cols.prompt_text_column: "prompt_text_column", cols.label_column: "label_column"}
     named = ", ".join(f"data.column_mapping.{keys.get(m, 'text_column')}={m}" for m in missing)
     return (f"{where}: {named} names a column the file does not have; its columns are: {', '.join(found)}. "
             f"Map one of those instead, e.g. data.column_mapping.{keys.get(missing[0], 'text_column')}="
             f"{_text_like(found)[0] if _text_like(found) else '<column>'}")
+
+
+def _inside(low: float, high: float) -> str:
+    """[low, high] rounded inwards to two decimals, so any value printed fits."""
+    return f"[{math.ceil(low * 100) / 100:.2f}, {math.floor(high * 100) / 100:.2f}]"
+
+
+def _wrong_format(cfg: RunConfig, where: str, fmt, columns: list[str]) -> Problem:
+    trainer = cfg.trainer.name
+    takes = METHODS[trainer].formats
+    if set(formats.UNPAIRED) & set(takes) and "label" not in columns:
+        pairs = ("; for chosen/rejected pairs use a pair trainer (dpo), or make each pair two rows, its chosen "
+                 "answer labelled true and its rejected one false") if "rejected" in fmt.columns else ""
+        return Problem("data.column_mapping.label_column", (
+            f"{where}: rows are {fmt.name} ({', '.join(fmt.columns)}) with no label column: the {trainer} trainer "
+            "needs each completion labelled true/1 (desirable) or false/0 (undesirable) in a column `label`; add "
+            f"one, or name yours with data.column_mapping.label_column=<column>{pairs}"))
+    return Problem("data.format", (f"{where}: rows are {fmt.name} ({', '.join(fmt.columns)}), which the {trainer} "
+                                   f"trainer cannot use; it takes {', '.join(takes)}"))
 
 
 def _text_like(found: list[str]) -> list[str]:
@@ -354,6 +418,9 @@ def _no_format_message(where, found: list[str], cfg: RunConfig) -> str:
     if method.pairs and "preference" in method.formats:
         fix = (f"data.column_mapping.prompt_text_column={first} data.column_mapping.text_column={second} "
                f"data.column_mapping.rejected_text_column={third}")
+    elif set(formats.UNPAIRED) & set(method.formats):
+        fix = (f"data.column_mapping.prompt_text_column={first} data.column_mapping.text_column={second} "
+               f"data.column_mapping.label_column={third}")
     elif method.pairs:
         fix = f"data.column_mapping.text_column={first} data.column_mapping.rejected_text_column={second}"
     elif trainer == "sft" and len(cols) >= 2:

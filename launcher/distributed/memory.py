@@ -30,7 +30,9 @@ LoRA / QLoRA: the base is frozen (weights only, no gradients or optimizer states
                    The base dtype is bf16 (2 bytes) when the run computes in bf16, else fp32 (4) - what
                    `launcher.models` loads; DeepSpeed casts it to bf16/fp16 when those are enabled.
     adapters       r x (in + out) parameters per adapted Linear, trained like a full fine-tune of that size
-                   (peft keeps them in fp32).
+                   (peft keeps them in fp32); DoRA adds a magnitude vector of the layer's output size.
+    modules_to_save  peft trains a copy of each named module in full: its parameters count as trained (weights,
+                   gradients, optimizer states) on top of the frozen original.
   ZeRO-3 shards the frozen base too; stages 1 and 2 leave it whole on every GPU.
 
 Activations, per micro-batch of b sequences of s tokens (a = 2 bytes in bf16/fp16, 4 in fp32), for a
@@ -41,6 +43,9 @@ sdpa/flash-attention (no s x s matrix is kept):
     without checkpointing   L blocks of that
     with checkpointing      L x b x s x h x a (each block's input) + one block recomputed in the backward pass
     plus the logits          b x s x V x (a + 8)  (the logits, their fp32 copy and its gradient)
+    plus, with DoRA          b x s x (sum of the adapted layers' output sizes) x a: each DoRA layer keeps its base
+                             output for the magnitude's gradient (per block with checkpointing). Rough: the
+                             weight-sized norm DoRA computes per layer is transient and not counted.
 
 The parameter counts come from the model's config.json, instantiated on the meta device (no weights are read
 or allocated), so every architecture transformers knows is counted exactly; a hub id without a local folder
@@ -48,8 +53,9 @@ has no estimate, and `plan` says so.
 """
 from __future__ import annotations
 
+
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from launcher.config.schema import DistributedConfig, RunConfig
@@ -80,6 +86,12 @@ class ModelShape:
     largest_module_params: int = 0
     """Parameters held directly by the largest single module (in a Llama the embedding or the output layer):
     what DeepSpeed's estimator calls the largest layer."""
+    lora_out: int = 0
+    """Sum of out features over the adapted Linear layers: DoRA's magnitude parameters."""
+    saved_params: int = 0
+    """Parameters of the modules peft.modules_to_save names (trained in full)."""
+    unmatched_modules: tuple[str, ...] = ()
+    """Names in peft.modules_to_save that match no module of the model."""
 
 
 @dataclass(frozen=True)
@@ -150,14 +162,41 @@ def model_shape(cfg: RunConfig) -> tuple[ModelShape | None, str]:
         return None, (f"{cfg.model.name_or_path} is not a local folder with a config.json "
                       "(plan downloads nothing); download it first for an estimate")
     try:
-        return shape_from_config(json.loads((folder / "config.json").read_text()), cfg.peft.target_list(),
-                                 trust_remote_code=cfg.model.trust_remote_code, folder=folder), ""
+        return cached_shape(folder, cfg.peft.target_list(), cfg.model.trust_remote_code,
+                            list(cfg.peft.modules_to_save)), ""
     except Exception as err:  # an architecture transformers cannot build: say so, do not fail the plan
         return None, f"transformers could not build {folder.name} from its config.json ({type(err).__name__}: {err})"
 
 
+def cached_shape(folder: Path, target_modules, trust_remote_code: bool, modules_to_save: list[str]) -> ModelShape:
+    """shape_from_config of a model folder, kept in the cache under the content it depends on: building the model
+    on the meta device imports torch and transformers (seconds), and a plan is made again and again for one model."""
+    import hashlib
+    from importlib.metadata import version
+
+    from launcher import atomic
+    from launcher.embedded import cache_root
+
+    code = sorted(folder.glob("*.py")) if trust_remote_code else []
+    key = hashlib.sha256(json.dumps([
+        (folder / "config.json").read_text(), *(f.read_text() for f in code), target_modules, trust_remote_code,
+        modules_to_save, version("transformers"), Path(__file__).read_text(),
+    ]).encode()).hexdigest()[:20]
+    path = cache_root() / "shapes" / f"{key}.json"
+    try:
+        fields = json.loads(path.read_text())
+        return ModelShape(**{**fields, "unmatched_modules": tuple(fields["unmatched_modules"])})
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    shape = shape_from_config({}, target_modules, trust_remote_code=trust_remote_code, folder=folder,
+                              modules_to_save=modules_to_save)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, json.dumps(asdict(shape)))
+    return shape
+
+
 def shape_from_config(config: dict, target_modules: str | list[str] = "all-linear", trust_remote_code: bool = False,
-                      folder: Path | None = None) -> ModelShape:
+                      folder: Path | None = None, modules_to_save: list[str] = ()) -> ModelShape:
     """Instantiate the architecture on the meta device (no memory, no weights) and count."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -172,13 +211,19 @@ def shape_from_config(config: dict, target_modules: str | list[str] = "all-linea
     text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
     output = model.get_output_embeddings()
     targets = None if target_modules == "all-linear" else target_modules
-    linear_params = lora_in_out = 0
+    linear_params = lora_in_out = lora_out = 0
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or module is output:
             continue
         linear_params += module.weight.numel()
         if targets is None or any(name == t or name.endswith("." + t) for t in targets):
             lora_in_out += module.in_features + module.out_features
+            lora_out += module.out_features
+    # peft matches a modules_to_save name as a suffix of the module's name (peft.utils.other._set_trainable)
+    saved = {name: module for name, module in model.named_modules()
+             if name and any(name.endswith(key) for key in modules_to_save)}
+    outermost = [n for n in saved if not any(n.startswith(other + ".") for other in saved)]
+    saved_params = sum(p.numel() for n in outermost for p in saved[n].parameters())
     blocks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == text.num_hidden_layers]
     block_params = max((sum(p.numel() for p in b.parameters()) for b in blocks[0]), default=0) if blocks else 0
     largest_module = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
@@ -195,6 +240,9 @@ def shape_from_config(config: dict, target_modules: str | list[str] = "all-linea
         vocab=text.vocab_size,
         block_params=block_params,
         largest_module_params=largest_module,
+        lora_out=lora_out,
+        saved_params=saved_params,
+        unmatched_modules=tuple(k for k in modules_to_save if not any(n.endswith(k) for n in saved)),
     )
 
 
@@ -220,7 +268,9 @@ def estimate(cfg: RunConfig, shape: ModelShape, layout: Layout, world: int) -> E
     sixteen_bit = ds and mp in ("bf16", "fp16")
 
     if cfg.peft.enabled:
-        trained = cfg.peft.r * shape.lora_in_out
+        trained = cfg.peft.r * shape.lora_in_out + shape.saved_params
+        if cfg.peft.use_dora:
+            trained += shape.lora_out
         base_dtype = 2 if mp == "bf16" or sixteen_bit else 4
         quant = {"int4": INT4_BYTES, "int8": INT8_BYTES}.get(cfg.quantization.mode)
         linear_bytes = quant if quant is not None else base_dtype
@@ -264,8 +314,13 @@ def estimate(cfg: RunConfig, shape: ModelShape, layout: Layout, world: int) -> E
     else:
         blocks = shape.layers * per_block
     logits = b * s * shape.vocab * (act_bytes + 8)
+    dora = 0.0
+    if cfg.peft.enabled and cfg.peft.use_dora:
+        dora = b * s * shape.lora_out * act_bytes
+        if cfg.training.gradient_checkpointing is True:
+            dora /= shape.layers
     return Estimate(layout, world, weights=weights + gather, gradients=grads, optimizer=opt,
-                    activations=blocks + logits, cpu_offloaded=offloaded,
+                    activations=blocks + logits + dora, cpu_offloaded=offloaded,
                     details={"trained_params": trained, "params": shape.params, "zero3_gather": gather})
 
 

@@ -23,10 +23,14 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def _cpu_processes() -> bool:
+def has_gpu() -> bool:
     import torch
 
-    return world_size() > 1 and not torch.cuda.is_available()
+    return torch.cuda.is_available()
+
+
+def _cpu_processes() -> bool:
+    return world_size() > 1 and not has_gpu()
 
 
 def trainer_process_kwargs(backend: str, run_dir: Path) -> dict:

@@ -37,6 +37,8 @@ def training_kwargs(cfg: RunConfig, run_dir: Path, train_rows: int, has_eval: bo
         fp16=cfg.precision.mixed_precision == "fp16",
         gradient_checkpointing=bool(t.gradient_checkpointing),
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        use_liger_kernel=cfg.model.liger_kernel is True,
+        torch_compile=cfg.model.compile,
         eval_strategy=eval_strategy,
         eval_steps=t.save_steps if eval_strategy == "steps" else None,
         save_strategy=t.save_strategy,
@@ -48,6 +50,7 @@ def training_kwargs(cfg: RunConfig, run_dir: Path, train_rows: int, has_eval: bo
         report_to=[] if cfg.logging.report_to == "none" else [cfg.logging.report_to],
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
+        dataloader_pin_memory=runtime.has_gpu(),  # pinning needs an accelerator; without one torch warns each epoch
         **runtime.trainer_process_kwargs(cfg.distributed.backend, run_dir),
     )
 

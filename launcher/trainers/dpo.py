@@ -1,5 +1,6 @@
 """Direct preference optimisation through trl's DPOTrainer: raise the likelihood of each chosen answer over its
-rejected one relative to a frozen reference model, with strength trainer.beta.
+rejected one relative to a frozen reference model, with strength trainer.beta; trainer.loss_type picks the loss
+among trl's variants (or sums several, weighted by trainer.loss_weights).
 
 Data: prompt/chosen/rejected rows, strings or message lists (with a chat template they are conversations, rendered
 by the tokenizer's template). Prompts keep their last data.max_prompt_length tokens and answers their first
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     # ---- data
     data = load_splits(cfg)
@@ -42,14 +43,8 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
     peft_config = models.lora_config(cfg)
     ref_model = None if peft_config is not None and not cfg.trainer.model_ref else reference_model(cfg, tokenizer)
 
-    # ---- trainer. trl 1.16's DPOConfig has one max_length (no prompt/completion limits) and drops the rows whose
-    # untruncated prompt fills it; so it gets none, and the rows are cut to our limits after trl tokenised them.
-    args = DPOConfig(
-        **training_kwargs(cfg, run_dir, len(train_set), eval_set is not None, runtime.world_size()),
-        beta=cfg.trainer.beta,
-        max_length=None,
-        dataset_num_proc=None,
-    )
+    # ---- trainer
+    args = dpo_config(cfg, run_dir, len(train_set), eval_set is not None)
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train_set,
                          eval_dataset=eval_set, processing_class=tokenizer, peft_config=peft_config,
                          callbacks=run_callbacks(cfg, tokenizer))
@@ -57,6 +52,23 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
 
     # ---- train and save
     return train_and_save(trainer, cfg, run_dir, tokenizer, resume_from, data, **cuts)
+
+
+def dpo_config(cfg: RunConfig, run_dir: Path, train_rows: int, has_eval: bool):
+    """trl's DPOConfig for the run. trl 1.16's has one max_length (no prompt/completion limits) and drops the rows
+    whose untruncated prompt fills it; so it gets none, and the rows are cut to our limits after trl tokenised them."""
+    from trl import DPOConfig
+
+    t = cfg.trainer
+    return DPOConfig(
+        **training_kwargs(cfg, run_dir, train_rows, has_eval, runtime.world_size()),
+        beta=t.beta,
+        loss_type=[t.loss_type] if isinstance(t.loss_type, str) else list(t.loss_type),
+        loss_weights=t.loss_weights,
+        label_smoothing=t.label_smoothing,
+        max_length=None,
+        dataset_num_proc=None,
+    )
 
 
 def reference_model(cfg: RunConfig, tokenizer):

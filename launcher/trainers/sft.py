@@ -22,7 +22,18 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
-    from trl import SFTConfig, SFTTrainer
+    trainer, data, prepared = build(cfg, run_dir)
+    return train_and_save(trainer, cfg, run_dir, trainer.processing_class, resume_from, data,
+                          train_sequences=len(trainer.train_dataset),
+                          truncated_samples=prepared.stats["train"].truncated, data_cache=str(prepared.folder))
+
+
+def build(cfg: RunConfig, run_dir: Path):
+    """The trainer ready to train, the loaded rows and the prepared data (benchmarks/step_overhead.py times the
+    trainer this returns)."""
+    from trl import SFTConfig
+
+    from launcher.trainers.sft_step import SFTTrainer  # trl's, with a cheaper step where it has no fused kernel
 
     # ---- data: rows checked as the plan checked them, rendered and masked by launcher.data.encode, truncated
     # with counts, packed through trl, cached (the main process prepares first, the others load its cache)
@@ -39,6 +50,7 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
         completion_only_loss=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         dataset_num_proc=None,
+        neftune_noise_alpha=cfg.training.neftune_noise_alpha,  # the Trainer hooks the input embeddings in train()
     )
     with main_process_first():
         prepared = prepare_sft(cfg, tokenizer, data)
@@ -58,6 +70,4 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
     log.info("training on %d sequences (%d %s rows), %d validation sequences", len(train_set),
              len(data.train.rows), data.format, len(eval_set) if eval_set is not None else 0)
 
-    # ---- train and save
-    return train_and_save(trainer, cfg, run_dir, tokenizer, resume_from, data, train_sequences=len(train_set),
-                          truncated_samples=prepared.stats["train"].truncated, data_cache=str(prepared.folder))
+    return trainer, data, prepared

@@ -90,7 +90,7 @@ def test_push_without_a_token_or_username_blocks_train_but_not_plan(tmp_path):
 def test_sft_with_max_prompt_length_above_block_size_plans(tmp_path):
     p = make_plan(str(autotrain_file(tmp_path, block_size=32, max_prompt_length=300)), [], CPU)
     assert p.cfg.trainer.name == "sft" and p.cfg.data.block_size == 32
-    assert any(n.startswith("data.max_prompt_length: 300 is not used by the sft trainer (read by dpo, orpo)")
+    assert any(n.startswith("data.max_prompt_length: 300 is not used by the sft trainer (read by dpo, orpo")
                for n in p.notes), p.notes
 
 
@@ -115,7 +115,7 @@ def test_dpo_with_max_prompt_length_above_block_size_is_refused_in_the_files_wor
     ("peft.merge_adapter=true", "peft.merge_adapter: ignored, there is no adapter to merge"),
     ("distributed.offload=optimizer", "distributed.offload: optimizer is ignored with none"),
     ("data.chunk_size=100000", "data: chunk_size is ignored because data.packing is off"),
-    ("trainer.beta=0.5", "trainer.beta: 0.5 is not used by the sft trainer (read by dpo, orpo)"),
+    ("trainer.beta=0.5", "trainer.beta: 0.5 is not used by the sft trainer (read by dpo, orpo"),
 ])
 def test_a_key_this_run_does_not_read_is_a_note_not_a_problem(tmp_path, override, note):
     p = plan(tmp_path, override)

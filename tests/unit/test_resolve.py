@@ -12,14 +12,14 @@ from tests.unit.helpers import CPU, H100x8, SAMPLES, plan, problems, valid_cfg
 
 def test_the_steps_run_in_the_documented_order(monkeypatch):
     calls = []
-    for step in ("_precision", "_attention", "_checkpointing", "_block_size", "_template", "_packing", "_processes",
-                 "_backend", "_accumulation"):
+    for step in ("_precision", "_attention", "_checkpointing", "_kernels", "_block_size", "_template", "_packing",
+                 "_processes", "_backend", "_accumulation"):
         monkeypatch.setattr(resolve_module, step, lambda *a, _s=step: calls.append(_s))
     assert isinstance(resolve(valid_cfg(), CPU), Resolution)
-    assert calls == ["_precision", "_attention", "_checkpointing", "_block_size", "_template", "_packing",
+    assert calls == ["_precision", "_attention", "_checkpointing", "_kernels", "_block_size", "_template", "_packing",
                      "_processes", "_backend", "_accumulation"]
     doc = resolve_module.__doc__
-    words = ["precision", "attention", "gradient checkpointing", "block size", "chat template", "processes",
+    words = ["precision", "attention", "gradient checkpointing", "Liger", "block size", "chat template", "processes",
              "backend", "accumulation"]
     assert [doc.index(w) for w in words] == sorted(doc.index(w) for w in words)
 
@@ -29,7 +29,7 @@ def test_nothing_auto_is_left():
         cfg = valid_cfg()
         resolve(cfg, hw)
         assert "auto" not in (cfg.precision.mixed_precision, cfg.model.attn_implementation,
-                              cfg.training.gradient_checkpointing, cfg.distributed.backend)
+                              cfg.training.gradient_checkpointing, cfg.distributed.backend, cfg.model.liger_kernel)
         assert cfg.data.block_size > 0 and cfg.distributed.num_processes >= 1
 
 
@@ -132,7 +132,7 @@ def test_packing_is_described_with_the_resolved_length_and_attention(wrapped):
     if wrapped:
         assert "concatenated and cut into blocks of 1024 tokens" in notes[0]  # block_size -1 -> 1024
     else:
-        assert "best-fit into sequences of up to 1024 tokens" in notes[0] and "with sdpa attention" in notes[0]
+        assert "best-fit into sequences of up to 1024 tokens" in notes[0] and "sdpa gets a block-diagonal" in notes[0]
     cfg = valid_cfg()
     cfg.data.packing, cfg.data.chunk_size = True, 256
     assert any("up to 256 tokens" in n for n in resolve(cfg, CPU).notes)
@@ -208,3 +208,61 @@ def test_plan_states_what_deterministic_runs_reproduce():
     gpu = [n for n in resolve(cfg, Hardware(gpus=8, gpu_name="H100", gpu_memory_gib=80, bf16=True)).notes
            if n.startswith("reproducibility")]
     assert len(gpu) == 1 and "same machine, GPU model" in gpu[0]
+
+
+# ---- GPU speed options: Liger kernels, torch.compile, packing's attention path
+
+H100_LIGER = Hardware(gpus=1, gpu_name="H100", gpu_memory_gib=80, bf16=True, flash_attn=True, liger=True)
+
+
+@pytest.mark.parametrize("asked", ["auto", True])
+def test_liger_is_off_on_cpu_and_the_note_says_what_a_gpu_would_get(asked):
+    cfg = valid_cfg()
+    cfg.model.liger_kernel = asked
+    res = resolve(cfg, Hardware(liger=True))
+    assert cfg.model.liger_kernel is False and res.problems == []
+    note = next(n for n in res.notes if n.startswith("kernels: Liger"))
+    assert "off" in note and "GPU only" in note and "auto turns them on" in note
+
+
+def test_liger_auto_is_on_with_a_gpu_and_the_package_and_reaches_the_trainer(tmp_path):
+    from launcher.trainers.common import training_kwargs
+
+    cfg = valid_cfg()
+    res = resolve(cfg, H100_LIGER)
+    assert cfg.model.liger_kernel is True
+    assert any(n.startswith("kernels: Liger auto -> on") for n in res.notes)
+    kwargs = training_kwargs(cfg, tmp_path, 10, False, 1)
+    assert kwargs["use_liger_kernel"] is True and kwargs["torch_compile"] is False
+
+
+def test_liger_auto_without_the_package_says_how_to_install_it():
+    cfg = valid_cfg()
+    res = resolve(cfg, H100x8)
+    assert cfg.model.liger_kernel is False
+    assert any("pip install liger-kernel" in n for n in res.notes)
+
+
+def test_liger_asked_for_on_a_gpu_without_the_package_is_a_problem_naming_the_key():
+    cfg = valid_cfg()
+    cfg.model.liger_kernel = True
+    res = resolve(cfg, H100x8)
+    assert [p.key for p in res.problems] == ["model.liger_kernel"]
+    assert "pip install liger-kernel" in str(res.problems[0])
+
+
+def test_compile_is_stated_on_a_gpu_and_warns_about_recompiling_unpacked_data():
+    cfg = valid_cfg()
+    assert any(n.startswith("compile: off (model.compile=true") for n in resolve(cfg, H100x8).notes)
+    cfg = valid_cfg()
+    cfg.model.compile = True
+    note = next(n for n in resolve(cfg, H100x8).notes if n.startswith("compile:"))
+    assert "recompiles" in note
+
+
+@pytest.mark.parametrize("hw, kernel", [(CPU, "block-diagonal"), (H100_LIGER, "variable-length kernel runs")])
+def test_packing_note_names_the_attention_path(hw, kernel):
+    cfg = valid_cfg()
+    cfg.data.packing = True
+    notes = resolve(cfg, hw).notes
+    assert any(n.startswith("data: packing:") and kernel in n for n in notes), notes

@@ -296,7 +296,8 @@ def test_seed_example_translates(tmp_path, monkeypatch):
     assert cfg.data.path == "argilla/distilabel-capybara-dpo-7k-binarized"
     assert cfg.data.valid_split is None and cfg.data.chat_template == "chatml"
     assert dataclasses.asdict(cfg.data.column_mapping) == {
-        "text_column": "chosen", "rejected_text_column": "rejected", "prompt_text_column": "prompt"}
+        "text_column": "chosen", "rejected_text_column": "rejected", "prompt_text_column": "prompt",
+        "label_column": None}
     assert (cfg.data.block_size, cfg.model.max_length, cfg.data.max_prompt_length) == (1024, 8192, 512)
     assert (cfg.training.epochs, cfg.training.batch_size, cfg.training.lr) == (3, 2, 3e-5)
     assert cfg.peft.enabled is True and cfg.quantization.mode == "int4"

@@ -46,7 +46,8 @@ PROMPT_READERS = methods.readers("data.max_prompt_length")
 
 
 def test_the_prompt_limits_are_read_by_dpo_and_orpo_only():
-    assert sorted(PROMPT_READERS) == sorted(methods.readers("data.max_completion_length")) == ["dpo", "orpo"]
+    assert sorted(PROMPT_READERS) == sorted(methods.readers("data.max_completion_length")) == sorted(
+        ["dpo", "orpo", "cpo", "simpo", "kto"])
 
 
 @pytest.mark.parametrize("trainer", methods.NAMES)
@@ -94,7 +95,10 @@ def test_a_non_positive_prompt_limit_is_refused_for_dpo_only(key):
 
 # A value for each key every rule about it would refuse, were the rule not scoped.
 UNREAD_VALUES = {"data.max_prompt_length": 100_000, "data.max_completion_length": 100_000,
-                 "trainer.beta": -1.0, "trainer.model_ref": "org/reference", "trainer.train_on": "all"}
+                 "trainer.beta": -1.0, "trainer.model_ref": "org/reference", "trainer.train_on": "all",
+                 "trainer.desirable_weight": -1.0, "trainer.undesirable_weight": -1.0,
+                 "trainer.loss_type": "sigmod", "trainer.loss_weights": [1.0, 2.0], "trainer.label_smoothing": 0.7,
+                 "trainer.simpo_gamma": -1.0, "trainer.cpo_alpha": -1.0, "training.neftune_noise_alpha": -1.0}
 UNREAD_CASES = [(key, m) for key in sorted({k for row in methods.METHODS.values() for k in row.reads})
                 for m in methods.NAMES if not methods.reads(m, key)]
 
@@ -119,7 +123,8 @@ def test_model_ref_on_sft_is_a_note_and_on_dpo_is_read():
     cfg = valid_cfg()
     cfg.trainer.model_ref = "org/reference"
     assert validate(cfg) == []
-    assert unused_keys(cfg) == ["trainer.model_ref: org/reference is not used by the sft trainer (read by dpo)"]
+    assert unused_keys(cfg) == [
+        "trainer.model_ref: org/reference is not used by the sft trainer (read by dpo, kto)"]
     cfg.trainer.name = "dpo"
     assert validate(cfg) == [] and unused_keys(cfg) == []
 
