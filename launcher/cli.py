@@ -225,13 +225,10 @@ def cmd_generate(args) -> int:
 
     from launcher import generate
 
-    target = Path(args.target)
-    if (target / "config.yaml").is_file():
-        gen = generate.from_run(target)
-    elif target.is_dir() and (target / "config.json").is_file():
-        gen = generate.from_base(str(target), args.template)
-    else:
-        print(f"{target} is neither a run folder (with config.yaml) nor a model folder", file=sys.stderr)
+    try:
+        gen = generate.load(args.target, args.template)
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
         return EXIT_CONFIG
     messages = json.loads(Path(args.messages).read_text()) if args.messages else None
     if args.input_text and (messages is not None or not gen.chat):
@@ -240,6 +237,12 @@ def cmd_generate(args) -> int:
     print(gen.complete(messages=messages, text=args.prompt, input_text=args.input_text,
                        max_new_tokens=args.max_new_tokens))
     return 0
+
+
+def cmd_chat(args) -> int:
+    from launcher.chat import main as chat
+
+    return chat(args.target, args.template, args.system, args.max_new_tokens, args.temperature, args.show_prompt)
 
 
 def cmd_merge(args) -> int:
@@ -335,6 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--template", default="tokenizer", help="chat template for a plain model folder")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.set_defaults(func=cmd_generate)
+    chat = sub.add_parser("chat", help="a conversation with a trained run, prompted with its training template")
+    chat.add_argument("target", help="a run folder, or a model folder")
+    chat.add_argument("--system", help="the system message to start with (/system TEXT changes it)")
+    chat.add_argument("--template", help="chat template for a plain model folder (default: its tokenizer's "
+                                         "own, else none)")
+    chat.add_argument("--max-new-tokens", type=int, default=256, help="longest reply (default 256)")
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampling")
+    chat.add_argument("--show-prompt", action="store_true",
+                      help="print each prompt as the model gets it, special tokens included (on stderr)")
+    chat.set_defaults(func=cmd_chat)
     merge = sub.add_parser("merge", help="merge a run's LoRA adapter into its base model")
     merge.add_argument("run_dir")
     merge.add_argument("--output", help="folder for the merged model (default RUN_DIR/merged)")
@@ -352,14 +365,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="document the configuration keys")
     explain.add_argument("key", nargs="?", help="a key or prefix, e.g. data or training.lr")
     explain.set_defaults(func=cmd_explain)
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true",
+                             help="also show the libraries' routine notices (launcher/console.py lists what is "
+                                  "hidden); or set TUNELAUNCH_VERBOSE=1")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from launcher.logs import quiet_noisy_imports
+    from launcher import console
 
-    quiet_noisy_imports()
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ[console.VERBOSE_ENV] = "1"  # the workers inherit it
+    console.quiet()
     return args.func(args)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from launcher.data.templates import alpaca_messages, get_template, stop_tokens
-from launcher.run_dir import read_config
+from launcher.run_dir import latest_checkpoint, read_config
 
 
 @dataclass
@@ -18,6 +18,8 @@ class Generator:
     stop_ids: list
     chat: bool
     """Whether prompts go through the chat template (False for runs trained on raw text)."""
+    source: Path | None = None
+    """The folder the weights came from (a run's latest checkpoint while it has no final model)."""
 
     def prompt_ids(self, messages: list[dict] | None = None, text: str | None = None,
                    input_text: str | None = None) -> list[int]:
@@ -32,32 +34,47 @@ class Generator:
             return list(out["input_ids"])
         return list(self.tokenizer(text=text)["input_ids"])
 
-    @torch.inference_mode()
     def complete(self, messages: list[dict] | None = None, text: str | None = None, max_new_tokens: int = 64,
                  do_sample: bool = False, input_text: str | None = None) -> str:
-        ids = torch.tensor([self.prompt_ids(messages, text, input_text)])
+        return self.reply(self.prompt_ids(messages, text, input_text), max_new_tokens,
+                          temperature=1.0 if do_sample else 0.0)
+
+    @torch.inference_mode()
+    def reply(self, prompt_ids: list[int], max_new_tokens: int = 64, temperature: float = 0.0,
+              streamer=None) -> str:
+        """The model's answer to these prompt ids, up to a stop token, without special tokens. temperature 0
+        decodes greedily; streamer (a transformers TextStreamer) is handed each new token as it comes."""
+        ids = torch.tensor([prompt_ids])
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                  do_sample=do_sample, eos_token_id=self.stop_ids,
-                                  pad_token_id=self.tokenizer.pad_token_id)
+                                  eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
+                                  streamer=streamer, **sampling)
         return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
 def from_run(run_dir: str | Path) -> Generator:
-    """Load a run folder: a LoRA adapter (on its base) or a full/merged model, with its saved tokenizer."""
+    """Load a run folder: a LoRA adapter (on its base) or a full/merged model, with its saved tokenizer. A run
+    that has no final model yet (still training, or stopped) is loaded from its latest complete checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    if (run_dir / "adapter_config.json").is_file():
+    source = run_dir
+    if not any((run_dir / name).is_file() for name in ("adapter_config.json", "config.json")):
+        source = latest_checkpoint(run_dir)
+        if source is None:
+            raise FileNotFoundError(f"{run_dir} holds no model yet: no final model and no complete checkpoint")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if (source / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
+        model = AutoPeftModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     else:
-        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     model.eval()
     template_name = cfg.data.chat_template
-    return Generator(model, tokenizer, stop_tokens(tokenizer, template_name), chat=template_name != "none")
+    return Generator(model, tokenizer, stop_tokens(tokenizer, template_name), chat=template_name != "none",
+                     source=source)
 
 
 def from_base(model_path: str, template_name: str) -> Generator:
@@ -71,3 +88,21 @@ def from_base(model_path: str, template_name: str) -> Generator:
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     return Generator(model, tokenizer, stop_tokens(tokenizer, template_name), chat=template_name != "none")
 
+
+
+def load(target: str | Path, template: str | None = None) -> Generator:
+    """What `generate` and `chat` talk to: a run folder (prompted with its training template) or a plain model
+    folder prompted with `template` (None: the tokenizer's own chat template when it has one, else plain text)."""
+    from launcher.data.templates import NAMES, model_chat_template
+
+    target = Path(target)
+    if (target / "config.yaml").is_file():
+        return from_run(target)
+    if not (target.is_dir() and (target / "config.json").is_file()):
+        raise FileNotFoundError(f"{target} is neither a run folder (with config.yaml) nor a model folder "
+                                "(with config.json)")
+    if template is None:
+        template = "tokenizer" if model_chat_template(str(target)) else "none"
+    if template not in NAMES and not Path(template).expanduser().is_file():
+        raise FileNotFoundError(f"template {template!r} is neither one of {', '.join(NAMES)} nor a Jinja file")
+    return from_base(str(target), template)

@@ -4,16 +4,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-# bitsandbytes' CPU backend warns at import that an optional kernel package is missing; it falls back to its own
-# kernel, so the line only alarms users (it was the first thing `prepare` printed).
-QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
-
-
-def quiet_noisy_imports() -> None:
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def tracker_environment(report_to: str, run_dir: Path, project: str, environ: dict) -> dict:
     """Environment for the experiment tracker, so its files land in the run folder. wandb without an API key
     runs offline (nothing is sent; `wandb sync` uploads later) instead of prompting or failing."""
@@ -29,14 +19,22 @@ def tracker_environment(report_to: str, run_dir: Path, project: str, environ: di
 
 
 def setup_logging(log_file: Path | None) -> None:
-    quiet_noisy_imports()
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    """Records to the console, less the libraries' noise (launcher.console), and all of them to `log_file`.
+    Called before the libraries are imported, so that what they log at import time comes here too; Python's
+    warnings and transformers' records take the same way."""
+    from launcher import console
+
+    console.quiet()
+    shown = logging.StreamHandler()
+    shown.addFilter(console.NoiseFilter())
+    handlers: list[logging.Handler] = [shown]
     if log_file is not None:
         handlers.append(logging.FileHandler(log_file))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
+    logging.captureWarnings(True)
     import transformers
 
     transformers.logging.set_verbosity_warning()
-    if log_file is not None:
-        transformers.logging.add_handler(handlers[-1])
+    transformers.logging.disable_default_handler()  # its own stderr handler would print past the filter
+    transformers.logging.enable_propagation()

@@ -19,16 +19,17 @@ def main(argv: list[str]) -> int:
     from launcher import checkpointing
 
     checkpointing.install_stop_handlers()
-    from launcher import manifest, model_card, run_dir as runs
-    from launcher.callbacks import plot_loss_curve
     from launcher.distributed import runtime
     from launcher.logs import setup_logging
+
+    folder = Path(argv[0]).resolve().parent
+    # Before the libraries are imported: what they print then (bitsandbytes, DeepSpeed) is filtered and logged too.
+    setup_logging(folder / "train.log" if runtime.is_main() else None)
+    from launcher import manifest, model_card, run_dir as runs
+    from launcher.callbacks import plot_loss_curve
     from launcher.methods import METHODS
 
-    config_path = Path(argv[0]).resolve()
-    folder = config_path.parent
     cfg = runs.read_config(folder)
-    setup_logging(folder / "train.log" if runtime.is_main() else None)
     if not runtime.is_main() and not os.environ.get("TUNELAUNCH_LOG_ALL_RANKS"):
         # Rank 0 speaks for the job; the others print warnings and errors (their tracebacks) only, instead of
         # repeating every line once per process. TUNELAUNCH_LOG_ALL_RANKS=1 shows every rank's lines (debugging).
@@ -44,8 +45,10 @@ def main(argv: list[str]) -> int:
     resume = runs.latest_checkpoint(folder)
     if runtime.is_main():
         runs.write_state(folder, "running", resumed_from=resume.name if resume else None)
-    log.info("rank %d of %d, trainer %s, run folder %s%s", runtime.rank(), runtime.world_size(),
-             cfg.trainer.name, folder, f", resuming from {resume.name}" if resume else "")
+    import torch
+
+    log.info("rank %d of %d, trainer %s, %d CPU threads, run folder %s%s", runtime.rank(), runtime.world_size(),
+             cfg.trainer.name, torch.get_num_threads(), folder, f", resuming from {resume.name}" if resume else "")
     started = time.time()
     try:
         metrics = METHODS[cfg.trainer.name].module.train(cfg, folder, str(resume) if resume else None)

@@ -147,11 +147,22 @@ def environment(cfg: RunConfig, hw: Hardware, run_dir: Path, base: dict | None =
                                                       env.get("PYTHONPATH")]))
     env.update(tracker_environment(cfg.logging.report_to, run_dir, cfg.project_name, env))
     env.update(worker_env(cfg, hw))
+    if hw.gpus == 0 and "OMP_NUM_THREADS" not in env:
+        # accelerate launch and torchrun give every process of a multi-process or non-`--cpu` launch
+        # OMP_NUM_THREADS=1 unless it is set: on CPU that leaves all cores but one per process idle.
+        env["OMP_NUM_THREADS"] = str(cpu_threads_per_process(cfg.distributed.num_processes or 1))
     if cfg.training.deterministic:  # read at process start (cuBLAS, Python's hash seed): set before the workers
         from launcher.checkpointing import deterministic_env
 
         env.update(deterministic_env(cfg.training.seed))
     return env
+
+
+def cpu_threads_per_process(processes: int) -> int:
+    """This machine's cores (those this process may run on: Slurm and cgroups restrict them) shared by the
+    processes of one node."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, processes))
 
 
 @dataclass
@@ -208,10 +219,13 @@ def submit_array(cfg: RunConfig, base: Path, trials: list[Path]) -> str:
 
 
 def run(launch: Launch, extra_env: dict | None = None) -> int:
-    """Start this node's workers under the supervisor (stop signals become a graceful save) and wait."""
+    """Start this node's workers under the supervisor (stop signals become a graceful save) and wait. The
+    launcher's own notices and its traceback on a worker's exit are left off the console (launcher.console)."""
+    from launcher import console
     from launcher.distributed import supervise
 
-    return supervise.run(launch.command, {**launch.env, **(extra_env or {})})
+    with console.launcher_stderr():
+        return supervise.run(launch.command, {**launch.env, **(extra_env or {})})
 
 
 def redacted(override: str) -> str:

@@ -409,3 +409,18 @@ def test_offload_is_deepspeeds_and_is_noted_elsewhere(tmp_path):
     # what DeepSpeed itself cannot do is still refused
     assert any("parameter offload needs ZeRO-3" in s for s in problems(
         tmp_path, "distributed=zero2", "distributed.offload=optimizer_and_params", hw=H100x8))
+
+
+# ---- CPU threads: accelerate launch would give each CPU process one thread
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_cpu_workers_share_the_cores_instead_of_one_thread_each(processes, tmp_path, monkeypatch):
+    from launcher.distributed.launch import environment
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    cfg = valid_cfg()
+    cfg.distributed.backend, cfg.distributed.num_processes = ("none" if processes == 1 else "ddp"), processes
+    env = environment(cfg, CPU, tmp_path, base={"PATH": "/bin"})
+    assert env["OMP_NUM_THREADS"] == str(8 // processes)
+    assert environment(cfg, CPU, tmp_path, base={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the user's
+    assert "OMP_NUM_THREADS" not in environment(cfg, H100x8, tmp_path, base={"PATH": "/bin"})
