@@ -1,4 +1,5 @@
-"""The figures the README and the issue notes quote, recomputed: `python benchmarks/figures.py > benchmarks/RESULTS.md`.
+"""The figures the README and the issue notes quote, recomputed: `python benchmarks/figures.py` writes its two
+sections of benchmarks/RESULTS.md (through benchmarks/results.py; `--quick` prints them only).
 
 1. Per-GPU memory estimates for a Llama-3-8B-shaped model (launcher/distributed/memory.py; the hand computation
    behind them is in tests/unit/distributed/test_memory.py).
@@ -8,15 +9,21 @@ No timings: absolute times on this CPU machine are not claims the project makes.
 """
 from __future__ import annotations
 
+import argparse
+import sys
 import tempfile
 from pathlib import Path
 
-from launcher import models
-from launcher.config.schema import RunConfig
-from launcher.data.load import check_data
-from launcher.data.processed import prepare_sft
-from launcher.distributed.memory import GIB, Layout, estimate, shape_from_config
-from launcher.embedded import build_tiny_llama
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import results  # noqa: E402
+
+from launcher import models  # noqa: E402
+from launcher.config.schema import RunConfig  # noqa: E402
+from launcher.data.load import check_data  # noqa: E402
+from launcher.data.processed import prepare_sft  # noqa: E402
+from launcher.distributed.memory import GIB, Layout, estimate, shape_from_config  # noqa: E402
+from launcher.embedded import build_tiny_llama  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA3_8B = {
@@ -24,6 +31,12 @@ LLAMA3_8B = {
     "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192,
     "tie_word_embeddings": False, "rope_theta": 500000.0,
 }
+
+
+MEMORY_TITLE = "Memory per GPU: Llama-3-8B shape ({params:,} parameters), AdamW, bf16, 8 GPUs, 1 x 1024 tokens, " \
+    "gradient checkpointing — benchmarks/figures.py"
+EFFICIENCY_TITLE = "Real tokens / computed tokens of the sample files (tiny tokenizer, batch 2, file order) — " \
+    "benchmarks/figures.py"
 
 
 def memory_table() -> list[str]:
@@ -34,8 +47,7 @@ def memory_table() -> list[str]:
             ("full, ZeRO-3 + full offload", {}, Layout("deepspeed", 3, "optimizer_and_params")),
             ("LoRA r=16 all-linear, DDP", {"peft": True}, Layout("ddp")),
             ("QLoRA int4 r=16, DDP", {"peft": True, "quant": "int4"}, Layout("ddp"))]
-    out = [f"## Memory per GPU: Llama-3-8B shape ({shape.params:,} parameters), AdamW, bf16, 8 GPUs, "
-           "1 x 1024 tokens, gradient checkpointing", "", "| layout | GiB per GPU |", "| --- | --- |"]
+    out = ["| layout | GiB per GPU |", "| --- | --- |"]
     for name, opts, layout in rows:
         cfg = RunConfig()
         cfg.precision.mixed_precision = "bf16"
@@ -48,8 +60,7 @@ def memory_table() -> list[str]:
 
 def efficiency_table() -> list[str]:
     tiny = str(build_tiny_llama())
-    out = ["", "## Real tokens / computed tokens (tiny tokenizer, batch 2, file order)", "",
-           "| data | not packed | packed (best fit, padding-free, chunk 256) |", "| --- | --- | --- |"]
+    out = ["| data | not packed | packed (best fit, padding-free, chunk 256) |", "| --- | --- | --- |"]
     for sample, template in (("chat", "chatml"), ("pirate_chat", "chatml"), ("alpaca", "alpaca"),
                              ("prompt_completion", "none")):
         ratios = []
@@ -67,6 +78,14 @@ def efficiency_table() -> list[str]:
     return out
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    results.add_arguments(parser)
+    args = parser.parse_args(argv)
+    params = shape_from_config(LLAMA3_8B).params
+    results.publish(args, "memory", MEMORY_TITLE.format(params=params), memory_table())
+    results.publish(args, "token-efficiency", EFFICIENCY_TITLE, efficiency_table())
+
+
 if __name__ == "__main__":
-    print("# Figures (written by benchmarks/figures.py)\n")
-    print("\n".join(memory_table() + efficiency_table()))
+    main()

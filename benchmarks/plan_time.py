@@ -5,8 +5,10 @@
   - `tunelaunch plan --config <AutoTrain config.yaml>`  (AutoTrain's format, translated, on the same tiny model)
 
 Each command is a fresh subprocess, run one after the other (never side by side) in an empty folder, and must exit
-0. Usage: `python benchmarks/plan_time.py [--runs N] [--quick]`. The figures depend on the machine and its load: they
-are printed, not recorded (and not asserted by any test).
+0. With `--against DIR` (a checkout of an older commit, e.g. `git worktree add /tmp/before <commit>`) the same
+commands run that tree's code too, interleaved with this one's, for a before/after table.
+
+    python benchmarks/plan_time.py [--runs N] [--against DIR] [--quick]
 """
 from __future__ import annotations
 
@@ -22,11 +24,11 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
+from benchmarks import results  # noqa: E402
 
-def tunelaunch() -> list[str]:
-    script = Path(sys.executable).parent / "tunelaunch"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "launcher.cli"]
+TARGET_S = 2.0
 
 
 def autotrain_file(folder: Path, model: Path) -> Path:
@@ -51,38 +53,60 @@ def timed(cmd: list[str], cwd: Path, env: dict) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7, help="runs per command (default 7)")
-    parser.add_argument("--quick", action="store_true", help="3 runs per command")
+    results.add_arguments(parser)
+    parser.add_argument("--runs", type=int, default=7, help="runs per command (default 7; quick 3)")
+    parser.add_argument("--against", type=Path, help="another checkout of the project to time beside this one")
     args = parser.parse_args(argv)
     runs = 3 if args.quick else args.runs
 
-    sys.path.insert(0, str(REPO))
     from launcher.embedded import build_tiny_llama
 
     model = build_tiny_llama()  # built (or found in the cache) before any timing
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    trees = [("now", REPO)] + ([("before", args.against.resolve())] if args.against else [])
+    times: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="plan-time-") as tmp:
         cwd = Path(tmp)
         config = autotrain_file(cwd, model)
-        commands = [
-            ("python -c pass", [sys.executable, "-c", "pass"]),
-            ("tunelaunch plan recipe=sft/chat_tiny", [*tunelaunch(), "plan", "recipe=sft/chat_tiny"]),
-            ("tunelaunch plan --config <AutoTrain file>", [*tunelaunch(), "plan", "--config", str(config)]),
-        ]
-        timed(commands[1][1], cwd, env)  # one untimed run: the first import of a package fills the OS cache
-        results = []
-        for label, cmd in commands:
-            times = [timed(cmd, cwd, env) for _ in range(runs)]
-            results.append((label, times))
-            assert sorted(p.name for p in cwd.iterdir()) == ["config.yaml"], "plan created something"
+        commands = [("python -c pass", ["-c", "pass"]),
+                    ("tunelaunch plan recipe=sft/chat_tiny", ["-m", "launcher.cli", "plan", "recipe=sft/chat_tiny"]),
+                    ("tunelaunch plan --config <AutoTrain file>",
+                     ["-m", "launcher.cli", "plan", "--config", str(config)])]
+        for tree_name, tree in trees:  # an untimed run: the first import of a package fills the OS cache
+            timed([sys.executable, *commands[1][1]], cwd, tree_env(tree))
+        for _ in range(runs):
+            for tree_name, tree in trees:
+                for label, cmd in commands:
+                    if label.startswith("python") and tree_name != "now":
+                        continue
+                    times.setdefault((label, tree_name), []).append(timed([sys.executable, *cmd], cwd, tree_env(tree)))
+        assert sorted(p.name for p in cwd.iterdir()) == ["config.yaml"], "plan created something"
 
-    width = max(len(label) for label, _ in results)
-    print(f"{'command':{width}s}  {'median s':>8s}  {'min s':>6s}  {'max s':>6s}  runs")
-    for label, times in results:
-        print(f"{label:{width}s}  {statistics.median(times):8.2f}  {min(times):6.2f}  {max(times):6.2f}  {len(times)}")
-    print(f"\n{runs} runs each, one after the other; {os.cpu_count()} CPUs, load average "
-          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end.")
+    rows = []
+    for (label, tree_name), values in times.items():
+        med = statistics.median(values)
+        target = "" if label.startswith("python") else (
+            f"≤ {TARGET_S:.0f} s: {results.verdict(med <= TARGET_S)}" if tree_name == "now" else "")
+        rows.append([label, tree_name if args.against else "", f"{med:.2f}", f"{min(values):.2f}",
+                     f"{max(values):.2f}", len(values), target])
+    body = [f"{runs} runs of each command, interleaved, one at a time; load average at the end "
+            f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}."
+            + (f" 'before' is the tree at {args.against} (git {git_head(args.against)})." if args.against else ""),
+            "", *results.table(["command", "code", "median s", "min s", "max s", "runs", "target"], rows), "",
+            "What `plan` no longer imports: torch, transformers' trainer modules, peft and trl (the optimizer and "
+            "scheduler names are read from transformers' source; GPUs are looked for only where a driver is "
+            "loaded; a model's shape is counted once and cached)."]
+    results.publish(args, "plan_time", "`tunelaunch plan` wall time", body)
     return 0
+
+
+def tree_env(tree: Path) -> dict:
+    """The environment that runs `tree`'s code (its folder first on the path, ahead of the installed package)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])))
+
+
+def git_head(tree: Path) -> str:
+    out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":
