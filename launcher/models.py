@@ -42,6 +42,11 @@ def load_tokenizer(cfg: RunConfig):
     return tok
 
 
+def packs_padding_free(cfg: RunConfig) -> bool:
+    """sft with best-fit packing: batches are one row of samples with their boundaries (launcher/attention.py)."""
+    return cfg.trainer.name == "sft" and cfg.data.packing and not cfg.data.wrap_packed_sequences
+
+
 def load_model(cfg: RunConfig, tok, model_class=None, **kwargs):
     """The base model, in the dtype and attention kernel the plan chose, quantized for QLoRA."""
     from transformers import AutoModelForCausalLM, set_seed
@@ -56,9 +61,14 @@ def load_model(cfg: RunConfig, tok, model_class=None, **kwargs):
     # Weights the checkpoint lacks (a reward model's new score head) are drawn here, before the Trainer seeds:
     # without a seed two runs of one config started from different heads.
     set_seed(cfg.training.seed)
+    attention = m.attn_implementation
+    if attention == "sdpa" and packs_padding_free(cfg):
+        from launcher import attention as packed_attention
+
+        attention = packed_attention.register()
     model = model_class.from_pretrained(
         m.name_or_path, revision=m.revision, gguf_file=m.gguf_file, dtype=dtype,
-        attn_implementation=m.attn_implementation, trust_remote_code=m.trust_remote_code,
+        attn_implementation=attention, trust_remote_code=m.trust_remote_code,
         quantization_config=quant, **kwargs)
     if m.gguf_file:
         _drop_gguf_marker(model)
@@ -68,7 +78,7 @@ def load_model(cfg: RunConfig, tok, model_class=None, **kwargs):
         model.config.pad_token_id = tok.pad_token_id
     quantized = sum(1 for mod in model.modules() if type(mod).__name__ in ("Linear4bit", "Linear8bitLt"))
     log.info("model %s: %.1fM parameters, dtype %s, attention %s%s", m.name_or_path,
-             sum(p.numel() for p in model.parameters()) / 1e6, dtype, m.attn_implementation,
+             sum(p.numel() for p in model.parameters()) / 1e6, dtype, attention,
              f", {cfg.quantization.mode}: {quantized} quantized linear layers" if quant else "")
     return model
 

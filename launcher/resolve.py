@@ -167,8 +167,9 @@ def _packing(cfg: RunConfig, out: Resolution) -> None:
     else:
         kernel = ("flash-attention's variable-length kernel runs each sample on its own (no L x L mask)"
                   if cfg.model.attn_implementation == "flash_attention_2" else
-                  f"{cfg.model.attn_implementation} gets a block-diagonal L x L mask built from them (flash_attention_2 "
-                  "would run each sample on its own with its variable-length kernel)")
+                  "sdpa runs each sample on its own, split at the sample boundaries (launcher/attention.py), as "
+                  "flash_attention_2's variable-length kernel does" if cfg.model.attn_implementation == "sdpa" else
+                  f"{cfg.model.attn_implementation} gets a block-diagonal L x L mask built from them")
         out.notes.append(f"data: packing: samples are packed best-fit into sequences of up to {length} tokens; "
                          f"position ids restart at each sample, so no sample attends to another: {kernel}; "
                          "padding-free, no pad tokens computed")

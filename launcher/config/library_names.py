@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,3 +27,24 @@ def enum_values(module: str, cls: str) -> tuple[str, ...]:
                     if values:
                         return values
     return tuple(member.value for member in getattr(importlib.import_module(module), cls))
+
+
+# trl 1.16's DPO losses, should its DPOConfig stop listing them in the help text of loss_type.
+_DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+
+
+def dpo_loss_types() -> list[str]:
+    """The loss names trl's DPOConfig takes. trl keeps no list of them but the help text of that field, read here
+    from trl's source without importing it (as launcher.config.library_names does: plan stays fast); trl 1.16's
+    documented list stands in should the text no longer name them."""
+    spec = importlib.util.find_spec("trl")
+    source = Path(spec.submodule_search_locations[0], "trainer", "dpo_config.py") if spec else None
+    text = ""
+    if source is not None and source.is_file():
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "loss_type":
+                text = next((v.value for c in ast.walk(node) if isinstance(c, ast.Dict)
+                             for k, v in zip(c.keys, c.values) if getattr(k, "value", None) == "help"
+                             and isinstance(getattr(v, "value", None), str)), "")
+    return re.findall(r"`'(\w+)'`", text.split("If multiple")[0]) or list(_DPO_LOSSES)

@@ -6,7 +6,6 @@ which key): a key the run does not read is never a reason to refuse it. `unused_
 set for nothing."""
 from __future__ import annotations
 
-import ast
 import importlib.util
 import re
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Callable, Iterator
 
 from launcher import methods
 from launcher.config.errors import Problem, did_you_mean
-from launcher.config.library_names import enum_values
+from launcher.config.library_names import dpo_loss_types, enum_values
 from launcher.config.schema import RunConfig
 from launcher.data.templates import NAMES as TEMPLATE_NAMES
 
@@ -289,27 +288,6 @@ def _named_choice(key: str, value: str, names: list[str]) -> Iterator[Problem]:
     if value not in names:
         hint = did_you_mean(value, names)
         yield Problem(key, f"unknown name '{value}'.{hint} Known: {', '.join(names)}")
-
-
-# trl 1.16's DPO losses, should its DPOConfig stop listing them in the help text of loss_type.
-_DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
-
-
-def dpo_loss_types() -> list[str]:
-    """The loss names trl's DPOConfig takes. trl keeps no list of them but the help text of that field, read here
-    from trl's source without importing it (as launcher.config.library_names does: plan stays fast); trl 1.16's
-    documented list stands in should the text no longer name them."""
-    spec = importlib.util.find_spec("trl")
-    source = Path(spec.submodule_search_locations[0], "trainer", "dpo_config.py") if spec else None
-    text = ""
-    if source is not None and source.is_file():
-        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "loss_type":
-                text = next((v.value for c in ast.walk(node) if isinstance(c, ast.Dict)
-                             for k, v in zip(c.keys, c.values) if getattr(k, "value", None) == "help"
-                             and isinstance(getattr(v, "value", None), str)), "")
-    return re.findall(r"`'(\w+)'`", text.split("If multiple")[0]) or list(_DPO_LOSSES)
 
 
 def _optimizer_names() -> list[str]:

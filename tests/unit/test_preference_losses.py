@@ -6,7 +6,8 @@ import inspect
 import pytest
 
 from launcher.config.errors import ConfigError
-from launcher.config.validate import _DPO_LOSSES, dpo_loss_types, validate
+from launcher.config.library_names import _DPO_LOSSES, dpo_loss_types
+from launcher.config.validate import validate
 from launcher.hardware import Hardware
 from launcher.planning import make_plan
 from tests.unit.helpers import valid_cfg

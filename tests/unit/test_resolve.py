@@ -132,7 +132,7 @@ def test_packing_is_described_with_the_resolved_length_and_attention(wrapped):
     if wrapped:
         assert "concatenated and cut into blocks of 1024 tokens" in notes[0]  # block_size -1 -> 1024
     else:
-        assert "best-fit into sequences of up to 1024 tokens" in notes[0] and "sdpa gets a block-diagonal" in notes[0]
+        assert "best-fit into sequences of up to 1024 tokens" in notes[0] and "sdpa runs each sample on its own" in notes[0]
     cfg = valid_cfg()
     cfg.data.packing, cfg.data.chunk_size = True, 256
     assert any("up to 256 tokens" in n for n in resolve(cfg, CPU).notes)
@@ -260,7 +260,8 @@ def test_compile_is_stated_on_a_gpu_and_warns_about_recompiling_unpacked_data():
     assert "recompiles" in note
 
 
-@pytest.mark.parametrize("hw, kernel", [(CPU, "block-diagonal"), (H100_LIGER, "variable-length kernel runs")])
+@pytest.mark.parametrize("hw, kernel", [(CPU, "sdpa runs each sample on its own"),
+                                        (H100_LIGER, "variable-length kernel runs")])
 def test_packing_note_names_the_attention_path(hw, kernel):
     cfg = valid_cfg()
     cfg.data.packing = True

@@ -5,7 +5,7 @@ import pytest
 
 from launcher import models
 from launcher.config.schema import RunConfig
-from launcher.data import encode, processed
+from launcher.data import encode, load, processed
 from launcher.data.encode import IGNORE
 from launcher.data.load import check_data
 from launcher.embedded import build_tiny_llama
@@ -44,13 +44,13 @@ def test_second_run_reuses_the_cache_without_tokenising(tiny, tmp_path, monkeypa
     mtime = stats_file.stat().st_mtime_ns
 
     calls = []
-    original = encode.SFTEncoder.__call__
+    original = encode.SFTEncoder.many
 
-    def counting(self, row):
-        calls.append(1)
-        return original(self, row)
+    def counting(self, rows):
+        calls.extend(rows)
+        return original(self, rows)
 
-    monkeypatch.setattr(encode.SFTEncoder, "__call__", counting)
+    monkeypatch.setattr(encode.SFTEncoder, "many", counting)
     second = prepare(config(tiny, tmp_path))
     assert second.reused and second.folder == first.folder
     assert calls == []  # nothing was tokenised
@@ -157,3 +157,29 @@ def test_an_unwritable_cache_is_not_fatal(tiny, tmp_path):
     cfg = config(tiny, tmp_path, cache_dir=str(blocker / "cache"))  # a folder under a file cannot exist
     out = prepare(cfg)
     assert out.folder is None and len(out.train) == 40
+
+
+@pytest.mark.parametrize("sample, template, train_on", [
+    ("chat", "chatml", "completion"), ("chat", "zephyr", "completion"), ("chat", "tokenizer", "completion"),
+    ("chat", "chatml", "all"), ("alpaca", "alpaca", "completion"), ("text", "none", "completion"),
+    ("prompt_completion", "none", "completion"), ("pirate_chat", "chatml", "completion")])
+def test_encoding_a_batch_gives_what_encoding_each_row_gives(tiny, tmp_path, sample, template, train_on):
+    cfg = config(tiny, tmp_path, sample=sample, template=template)
+    cfg.trainer.train_on = train_on
+    data = check_data(cfg)
+    tokenizer = models.load_tokenizer(cfg)
+    encoder = encode.SFTEncoder(tokenizer, data.format, template, train_on)
+    rows = data.train.rows
+    assert encoder.many(rows) == [encoder(row) for row in rows]
+    batched = encoder._batch([load.sft_row(r, data.format, template != "none") for r in rows])
+    assert (batched is None) == (sample == "prompt_completion")  # the others take the batched path
+
+
+def test_a_bad_row_in_a_batch_is_named(tiny, tmp_path, monkeypatch):
+    cfg = config(tiny, tmp_path)
+    data = check_data(cfg)
+    bad = dict(data.train.rows[3])
+    bad["messages"] = [m for m in bad["messages"] if m["role"] != "assistant"]  # nothing to train
+    data.train.rows[3] = bad
+    with pytest.raises(encode.EncodeError, match=r"row 4: the chatml template marks no assistant tokens"):
+        processed.prepare_sft(cfg, models.load_tokenizer(cfg), data)
