@@ -96,3 +96,18 @@ hub:
   token: ${HF_TOKEN}
   push_to_hub: true
 """
+
+
+def data_config(path, trainer: str = "sft", template: str = "chatml", **data) -> RunConfig:
+    """A RunConfig reading `path` (block size 512); `map_<column>=...` sets data.column_mapping.<column>."""
+    cfg = RunConfig()
+    cfg.trainer.name = trainer
+    cfg.data.path = str(path)
+    cfg.data.chat_template = template
+    cfg.data.block_size = 512
+    for key, value in data.items():
+        if key.startswith("map_"):
+            setattr(cfg.data.column_mapping, key[4:], value)
+        else:
+            setattr(cfg.data, key, value)
+    return cfg

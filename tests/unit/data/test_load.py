@@ -7,21 +7,11 @@ import pytest
 from launcher.config.schema import RunConfig
 from launcher.data import files, formats
 from launcher.data.load import check_data, load_splits
-from tests.unit.helpers import SAMPLES
+from tests.unit.helpers import SAMPLES, data_config
 
 
 def config(path, trainer: str = "sft", template: str = "chatml", **data) -> RunConfig:
-    cfg = RunConfig()
-    cfg.trainer.name = trainer
-    cfg.data.path = str(path)
-    cfg.data.chat_template = template
-    cfg.data.block_size = 512
-    for key, value in data.items():
-        if key.startswith("map_"):
-            setattr(cfg.data.column_mapping, key[4:], value)
-        else:
-            setattr(cfg.data, key, value)
-    return cfg
+    return data_config(path, trainer, template, **data)
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

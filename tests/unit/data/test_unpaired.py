@@ -10,23 +10,13 @@ from launcher.config.schema import RunConfig
 from launcher.config.validate import validate
 from launcher.data import formats
 from launcher.data.load import check_data
-from tests.unit.helpers import SAMPLES, valid_cfg
+from tests.unit.helpers import SAMPLES, data_config, valid_cfg
 
 TURNS = [{"role": "user", "content": "Name a planet."}, {"role": "assistant", "content": "Mars."}]
 
 
 def config(path, trainer: str = "kto", template: str = "none", **data) -> RunConfig:
-    cfg = RunConfig()
-    cfg.trainer.name = trainer
-    cfg.data.path = str(path)
-    cfg.data.chat_template = template
-    cfg.data.block_size = 512
-    for key, value in data.items():
-        if key.startswith("map_"):
-            setattr(cfg.data.column_mapping, key[4:], value)
-        else:
-            setattr(cfg.data, key, value)
-    return cfg
+    return data_config(path, trainer, template, **data)
 
 
 def write_jsonl(folder: Path, rows: list) -> Path:
