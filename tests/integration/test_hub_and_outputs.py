@@ -45,6 +45,20 @@ def test_a_failed_upload_keeps_the_finished_run(tmp_path):
     assert "tunelaunch push" in (run / "train.log").read_text()
     assert PLANTED not in result.stdout + result.stderr + (run / "train.log").read_text()
 
+    # the retry the log names, as the README writes it: `tunelaunch push RUN_DIR [--username U]`
+    no_token = run_cli("push", str(run), "--username", "bob", cwd=tmp_path, env={"HF_TOKEN": None})
+    assert no_token.returncode == 2 and "HF_TOKEN" in no_token.stderr
+    with FakeHub() as hub:
+        pushed = run_cli("push", str(run), "--username", "bob", cwd=tmp_path,
+                         env={"HF_TOKEN": PLANTED, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1"})
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert "pushed to" in pushed.stdout and "bob/unpushed" in pushed.stdout
+    assert hub.repos["bob/unpushed"]["is_private"] is True
+    assert {"model.safetensors", "config.yaml", "README.md"} <= set(hub.files["bob/unpushed"])
+    assert any(PLANTED in header for header in hub.auth_headers)
+    assert all(PLANTED.encode() not in content for content in hub.files["bob/unpushed"].values())
+    assert PLANTED not in pushed.stdout + pushed.stderr
+
 
 def test_merged_model_gives_the_adapter_logits(tmp_path):
     run = tmp_path / "to-merge"
