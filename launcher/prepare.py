@@ -283,12 +283,11 @@ def unpaired_sample(row: dict, cfg: RunConfig, tokenizer, conversational: bool) 
 def unpaired_report(cfg: RunConfig, tokenizer, data, show: int) -> str:
     from launcher.data.encode import prompt_cap
     from launcher.data.formats import label_counts
-    from launcher.data.load import effective_template
+    from launcher.data.load import effective_template, is_conversational
 
     d = cfg.data
     splits = [(name, s) for name, s in (("train", data.train), ("valid", data.valid)) if s is not None]
-    conversational = d.chat_template != "none" or any(
-        isinstance(r["prompt"], list) or isinstance(r["completion"], list) for _, s in splits for r in s.rows)
+    conversational = is_conversational(cfg, [s for _, s in splits])
     name = effective_template(cfg, data.format) if conversational else "none"
     out = [f"Prepared {data.format} rows for the {cfg.trainer.name} trainer: {d.path}, template {name} "
            f"(trl tokenises them when training, as here); each completion's reward is raised when labelled true "

@@ -109,7 +109,7 @@ def preference_row(row: dict, conversational: bool) -> dict:
     if not conversational:
         return {k: row[k] for k in keys}
     role = {"prompt": "user", "chosen": "assistant", "rejected": "assistant"}
-    return {k: row[k] if isinstance(row[k], list) else [{"role": role[k], "content": row[k]}] for k in keys}
+    return {k: _turns(row[k], role[k]) for k in keys}
 
 
 def unpaired_row(row: dict, conversational: bool) -> dict:
@@ -117,9 +117,20 @@ def unpaired_row(row: dict, conversational: bool) -> dict:
     conversational, a string prompt becomes the user turn and a string completion the assistant turn."""
     if not conversational:
         return dict(row)
-    role = {"prompt": "user", "completion": "assistant"}
-    return {**{k: row[k] if isinstance(row[k], list) else [{"role": role[k], "content": row[k]}] for k in role},
+    return {"prompt": _turns(row["prompt"], "user"), "completion": _turns(row["completion"], "assistant"),
             "label": row["label"]}
+
+
+def _turns(value, role: str) -> list[dict]:
+    """A message list as it is, a string as one message of `role`."""
+    return value if isinstance(value, list) else [{"role": role, "content": value}]
+
+
+def is_conversational(cfg: RunConfig, splits) -> bool:
+    """Whether preference or unpaired rows go to trl as conversations: a chat template is set, or a value of some
+    row is a message list."""
+    return cfg.data.chat_template != "none" or any(
+        isinstance(v, list) for s in splits if s is not None for r in s.rows for v in r.values())
 
 
 def effective_template(cfg: RunConfig, fmt: Optional[str]) -> str:

@@ -119,11 +119,10 @@ def preference_datasets(cfg: RunConfig, data, tokenizer) -> tuple:
     lists when a chat template is set or the data holds messages, so trl renders them with the tokenizer's template."""
     from datasets import Dataset
 
-    from launcher.data.load import preference_row
+    from launcher.data.load import is_conversational, preference_row
 
     splits = [s for s in (data.train, data.valid) if s is not None]
-    conversational = cfg.data.chat_template != "none" or any(
-        isinstance(v, list) for s in splits for r in s.rows for v in r.values())
+    conversational = is_conversational(cfg, splits)
     if conversational and not tokenizer.chat_template:
         raise ValueError("the preference rows hold chat messages but the tokenizer has no chat template: set "
                          "data.chat_template (chatml, zephyr, alpaca or a Jinja file)")

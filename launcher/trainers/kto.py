@@ -19,7 +19,7 @@ from launcher import models
 from launcher.callbacks import run_callbacks
 from launcher.config.schema import RunConfig
 from launcher.data.encode import cut_preference_pair
-from launcher.data.load import load_splits, unpaired_row
+from launcher.data.load import is_conversational, load_splits, unpaired_row
 from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
 from launcher.trainers.common import train_and_save, training_kwargs
@@ -85,8 +85,7 @@ def unpaired_datasets(cfg: RunConfig, data, tokenizer) -> tuple:
     from datasets import Dataset
 
     splits = [s for s in (data.train, data.valid) if s is not None]
-    conversational = cfg.data.chat_template != "none" or any(
-        isinstance(r["prompt"], list) or isinstance(r["completion"], list) for s in splits for r in s.rows)
+    conversational = is_conversational(cfg, splits)
     if conversational and not tokenizer.chat_template:
         raise ValueError("the unpaired rows hold chat messages but the tokenizer has no chat template: set "
                          "data.chat_template (chatml, zephyr, alpaca or a Jinja file)")
