@@ -75,7 +75,7 @@ def compose(config_file: str | Path | None = None, overrides: list[str] | tuple 
             layers.append("+user_config@_global_=file")
         searchpath = f"hydra.searchpath=[file://{REPO_ROOT},file://{tmp}]"
         try:
-            data = _hydra_compose([searchpath, *layers, *hydra_overrides])
+            data = _hydra_compose([searchpath, *layers, *_add_map_entries(hydra_overrides)])
         except ConfigError as err:
             raise ConfigError(problems + err.problems, source, translation.origin) from None
 
@@ -125,11 +125,12 @@ def check_override_keys(overrides: list[str]) -> list[Problem]:
     """Name every unknown override key at once, with a suggestion (Hydra would stop at the first)."""
     leaves = [key for key, *_ in walk_fields(RunConfig)]
     nodes = {k.rsplit(".", 1)[0] for k in leaves if "." in k}
+    maps = map_keys()
     problems = []
     for override in overrides:
         key, sep, value = override.partition("=")
         key = key.lstrip("+~")
-        if not sep or key.startswith("hydra"):
+        if not sep or key.startswith("hydra") or key.rpartition(".")[0] in maps:
             continue
         if key in GROUPS:
             options = group_options(key)
@@ -145,6 +146,27 @@ def check_override_keys(overrides: list[str]) -> list[Problem]:
             else:
                 problems.append(Problem(key, f"unknown key.{did_you_mean(key, leaves, cutoff=0.5)}"))
     return problems
+
+
+def map_keys() -> set[str]:
+    """Keys whose value is a map of names chosen by the user (cluster.env): `cluster.env.NCCL_DEBUG=INFO` sets one
+    entry."""
+    import typing
+
+    return {key for key, tp, *_ in walk_fields(RunConfig) if typing.get_origin(tp) is dict}
+
+
+def _add_map_entries(overrides: list[str]) -> list[str]:
+    """`cluster.env.NAME=value` adds an entry that the defaults do not have: Hydra wants `++` for that."""
+    maps = map_keys()
+    out = []
+    for override in overrides:
+        key = override.partition("=")[0]
+        bare = key.lstrip("+~")
+        if bare.rpartition(".")[0] in maps and not key.startswith("~"):
+            override = "++" + override.lstrip("+")
+        out.append(override)
+    return out
 
 
 def group_keys(group: str, option: str) -> list[str]:

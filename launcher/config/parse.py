@@ -74,6 +74,15 @@ def _convert(tp: Any, raw: Any, path: str) -> tuple[Any, list[Problem]]:
             items.append(value)
             problems += errs
         return (None, problems) if problems else (items, [])
+    if origin is dict:
+        if not isinstance(raw, dict):
+            return None, [Problem(path, f"got {_show(raw)}, expected a map of name: value")]
+        items, problems = {}, []
+        for name, item in raw.items():
+            value, errs = _convert(typing.get_args(tp)[1], item, f"{path}.{name}")
+            items[str(name)] = value
+            problems += errs
+        return (None, problems) if problems else (items, [])
     if tp is bool:
         if isinstance(raw, bool):
             return raw, []
@@ -110,6 +119,8 @@ def describe_type(tp: Any) -> str:
         return "null"
     if origin is list:
         return f"list of {describe_type(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"map of name: {describe_type(typing.get_args(tp)[1])}"
     return {bool: "true/false", int: "a whole number", float: "a number", str: "text"}.get(tp, tp.__name__)
 
 

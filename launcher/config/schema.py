@@ -258,6 +258,9 @@ class DistributedConfig:
     """Port of the rendezvous endpoint on node 0."""
     launcher: Literal["accelerate", "torchrun"] = "accelerate"
     """Program that starts the worker processes."""
+    timeout_minutes: int = 30
+    """How long a collective operation may wait for the other ranks before the run fails (the process group's
+    timeout, NCCL's included); raise it when one rank does long work alone (saving, evaluating)."""
 
 
 @dataclass
@@ -282,6 +285,27 @@ class HubConfig:
 
 
 @dataclass
+class ContainerConfig:
+    kind: Literal["none", "pyxis", "apptainer"] = "none"
+    """Run every node's training inside a container: pyxis/enroot (`srun --container-image=...`) or Apptainer /
+    Singularity (`apptainer exec --bind ... IMAGE`). The batch step stays on the host and needs only bash and
+    Slurm there; the image needs Python with tunelaunch (or `cluster.snapshot=true`) and no Slurm command."""
+    image: Optional[str] = None
+    """The image: for pyxis a name or squashfs file (`nvcr.io#nvidia/pytorch:25.01-py3`, `/shared/img.sqsh`), for
+    apptainer a `.sif` file or a URI it accepts."""
+    mounts: list[str] = field(default_factory=list)
+    """More host paths to mount, `SRC` or `SRC:DST` (the run folder, the working folder, the data, the data
+    cache, a local model and the log folder are mounted at the same paths without asking)."""
+    workdir: Optional[str] = None
+    """Working folder inside the container; null = the folder `submit` ran in (mounted)."""
+    mount_home: bool = True
+    """Mount the home folder (pyxis does by default; false adds `--no-container-mount-home`; apptainer: false adds
+    `--no-home`)."""
+    program: str = "apptainer"
+    """apptainer only: the program on the nodes, `apptainer` or `singularity` (or its full path)."""
+
+
+@dataclass
 class ClusterConfig:
     kind: Literal["local", "slurm"] = "local"
     """Where the run starts: local (this machine, `tunelaunch train`) or slurm (`tunelaunch submit`, or
@@ -296,9 +320,17 @@ class ClusterConfig:
     bf16: bool = True
     """Whether the nodes' GPUs compute in bf16 (Ampere or newer); false makes precision auto choose fp16."""
     cpus_per_task: Optional[int] = None
-    """CPU cores for each node's launcher and its workers (`--cpus-per-task`)."""
+    """CPU cores for each node's launcher, its workers and their data loaders (`--cpus-per-task`, given to srun
+    too, which since Slurm 22.05 no longer inherits it). null = the node's cores in proportion to the GPUs asked
+    for, read from `sinfo` for the partition when it can be (else 8 per GPU), or one per worker on CPU nodes;
+    `plan` says which."""
+    cpus_per_gpu: Optional[int] = None
+    """CPU cores per GPU (`--cpus-per-gpu`), instead of cpus_per_task."""
     mem: Optional[str] = None
-    """Memory per node (`--mem`), e.g. 64G or 500000M; null = the partition's default."""
+    """Memory per node (`--mem`), e.g. 64G or 500000M. null = the node's memory in proportion to the GPUs asked for
+    when `sinfo` describes the partition, else the partition's default; `plan` says which."""
+    mem_per_gpu: Optional[str] = None
+    """Memory per GPU (`--mem-per-gpu`), instead of mem."""
     time: Optional[str] = None
     """Time limit (`--time`): minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS; null = the partition's."""
     partition: Optional[str] = None
@@ -309,31 +341,71 @@ class ClusterConfig:
     """Quality of service (`--qos`)."""
     constraint: Optional[str] = None
     """Node features required (`--constraint`), e.g. a100|h100."""
+    exclusive: bool = False
+    """Whole nodes for this job (`--exclusive`): nothing else runs beside it."""
+    gres: Optional[str] = None
+    """Generic resources (`--gres`), e.g. gpu:h100:8 where a site asks for GPUs that way (then leave
+    gpus_per_node at the count, for planning)."""
+    exclude: Optional[str] = None
+    """Nodes never to use (`--exclude`), e.g. gpu[07,12]."""
+    nodelist: Optional[str] = None
+    """Nodes to use (`--nodelist`)."""
+    reservation: Optional[str] = None
+    """Reservation to run in (`--reservation`)."""
+    mail_type: Optional[str] = None
+    """When Slurm mails (`--mail-type`), e.g. END,FAIL."""
+    mail_user: Optional[str] = None
+    """Who Slurm mails (`--mail-user`)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables exported on every node before training: NCCL_*, FI_*, HF_HOME, ... Set one with
+    `cluster.env.NCCL_DEBUG=INFO`."""
     extra_directives: list[str] = field(default_factory=list)
-    """More `#SBATCH` options, written as given, e.g. ["--exclusive", "--reservation=big"]. No shell variables:
-    Slurm does not expand them in #SBATCH lines."""
+    """More `#SBATCH` options, written as given, e.g. ["--begin=now+1hour"]. No shell variables: Slurm does not
+    expand them in #SBATCH lines."""
     setup: list[str] = field(default_factory=list)
-    """Shell lines run on every node before training: module loads, `source .venv/bin/activate`,
-    `conda activate env`."""
+    """Shell lines run on every node before training (inside the container when there is one): module loads,
+    `source .venv/bin/activate`, `conda activate env`."""
+    container: ContainerConfig = field(default_factory=ContainerConfig)
+    """A container the training runs in on every node (pyxis/enroot or Apptainer)."""
     wrapper: Optional[str] = None
-    """A command the per-node launcher runs inside, e.g. `apptainer exec --nv image.sif` (a container)."""
+    """A command each node's program runs inside, written before it, e.g. `numactl --interleave=all` (for a
+    container, use cluster.container)."""
     python: Optional[str] = None
     """The Python that runs tunelaunch on the nodes; null = the one running `submit` (a venv on a shared
-    filesystem). Set `python` when the setup lines activate an environment."""
+    filesystem), or `python3` inside a container. Set it when the setup lines activate an environment."""
+    snapshot: bool = False
+    """Run the code as it was at submission: the launcher package is copied into `<project_name>/code` and put
+    first on the nodes' PYTHONPATH, so editing the checkout while the job waits or requeues changes nothing."""
     signal_lead: int = 120
     """Seconds before the time limit at which Slurm signals the job (`--signal=B:USR1@N`): every rank then
     saves a complete checkpoint and the job requeues itself."""
     max_requeues: int = 3
-    """How many times a preempted or timed-out job requeues itself before it gives up."""
+    """How many times the run requeues itself after a preemption or the time limit (counted over every job of
+    the run, resubmissions included) before it gives up."""
+    max_failures: int = 1
+    """How many times the run requeues itself after a failure (a crashed rank, a lost node, a launch that never
+    met) to resume from its newest complete checkpoint; 0 = a failure ends the run."""
     log_dir: Optional[str] = None
-    """Folder of the jobs' stdout/stderr; null = `<project_name>/slurm`."""
+    """Folder of the jobs' stdout/stderr; null = `<project_name>/slurm`. One file per job; each start of it
+    (a requeue) begins with a line naming the restart."""
+    per_node_logs: bool = False
+    """Write each node's output to a file of its own (`<log_dir>/<name>-<job>-node<N>.out`) instead of the job's
+    log, which then holds the batch step's own lines (and a step killed for memory shows only as a killed task)."""
     array_parallelism: Optional[int] = None
     """Sweeps (`submit -m`): at most this many trials run at once (the job array's %K); null = no limit."""
     preprocess_job: bool = False
     """Tokenise and pack the data in a CPU job of its own first; training starts after it succeeds
-    (`--dependency=afterok`) and reuses its cache (data.cache_dir must be on a filesystem the nodes share)."""
+    (`--dependency=afterok`, and is cancelled if it fails: `--kill-on-invalid-dep=yes`) and reuses its cache
+    (data.cache_dir must be on a filesystem the nodes share)."""
     preprocess_partition: Optional[str] = None
-    """Partition of the preprocessing job (null = the training partition)."""
+    """Partition of the preprocessing job (null = the training partition). It gets none of the training job's GPU
+    settings, qos, constraint, exclusivity or extra directives."""
+    preprocess_time: Optional[str] = "1:00:00"
+    """Time limit of the preprocessing job."""
+    preprocess_cpus: int = 1
+    """CPU cores of the preprocessing job (tokenising runs in one process)."""
+    preprocess_mem: Optional[str] = None
+    """Memory of the preprocessing job (null = the partition's default)."""
 
 
 @dataclass

@@ -226,11 +226,26 @@ def cluster(cfg):
         yield Problem("distributed.num_nodes / cluster.nodes", (
             f"distributed.num_nodes {d.num_nodes} disagrees with cluster.nodes {c.nodes}: on Slurm set only "
             "cluster.nodes"))
-    for key, value, least in (("cluster.cpus_per_task", c.cpus_per_task, 1), ("cluster.signal_lead", c.signal_lead, 1),
-                              ("cluster.max_requeues", c.max_requeues, 0),
-                              ("cluster.array_parallelism", c.array_parallelism, 1)):
+    for key, value, least in (("cluster.cpus_per_task", c.cpus_per_task, 1), ("cluster.cpus_per_gpu", c.cpus_per_gpu, 1),
+                              ("cluster.signal_lead", c.signal_lead, 1), ("cluster.max_requeues", c.max_requeues, 0),
+                              ("cluster.max_failures", c.max_failures, 0), ("cluster.preprocess_cpus", c.preprocess_cpus, 1),
+                              ("cluster.array_parallelism", c.array_parallelism, 1),
+                              ("distributed.timeout_minutes", d.timeout_minutes, 1)):
         if value is not None and value < least:
             yield Problem(key, f"must be at least {least}, got {value}")
+    for key, value in (("cluster.mem_per_gpu", c.mem_per_gpu), ("cluster.preprocess_mem", c.preprocess_mem)):
+        if value is not None and not _MEM.match(value):
+            yield Problem(key, f"'{value}' is not a Slurm memory size: a number with K, M, G or T, e.g. 64G")
+    if c.preprocess_time is not None and not _TIME.match(c.preprocess_time):
+        yield Problem("cluster.preprocess_time", f"'{c.preprocess_time}' is not a Slurm time limit: use minutes (90), "
+                      "HH:MM:SS (01:30:00), D-HH (2-12) or D-HH:MM:SS")
+    for both, one, other in (("cluster.cpus_per_task / cluster.cpus_per_gpu", c.cpus_per_task, c.cpus_per_gpu),
+                             ("cluster.mem / cluster.mem_per_gpu", c.mem, c.mem_per_gpu)):
+        if one is not None and other is not None:
+            yield Problem(both, "Slurm takes one of the two (sbatch refuses both): set only one")
+    if (c.cpus_per_gpu or c.mem_per_gpu) and not (c.gpus_per_node or c.gres):
+        yield Problem("cluster.cpus_per_gpu / cluster.mem_per_gpu", "per-GPU resources need GPUs: set "
+                      "cluster.gpus_per_node, or use cluster.cpus_per_task / cluster.mem")
     for i, directive in enumerate(c.extra_directives):
         if not directive.startswith("-"):
             yield Problem(f"cluster.extra_directives[{i}]", f"'{directive}' is not an sbatch option (e.g. --exclusive)")
@@ -238,10 +253,34 @@ def cluster(cfg):
             yield Problem(f"cluster.extra_directives[{i}]", (
                 f"'{directive}' holds a shell variable or command: Slurm does not expand them in #SBATCH lines, "
                 "so write the value itself"))
+        elif any(ch.isspace() for ch in directive):
+            yield Problem(f"cluster.extra_directives[{i}]", f"'{directive}' holds a space, which an #SBATCH line "
+                          "ends at: write the option without spaces")
     for key, value in (("cluster.partition", c.partition), ("cluster.account", c.account), ("cluster.qos", c.qos),
-                       ("cluster.constraint", c.constraint), ("cluster.preprocess_partition", c.preprocess_partition)):
+                       ("cluster.constraint", c.constraint), ("cluster.preprocess_partition", c.preprocess_partition),
+                       ("cluster.gres", c.gres), ("cluster.exclude", c.exclude), ("cluster.nodelist", c.nodelist),
+                       ("cluster.reservation", c.reservation), ("cluster.mail_type", c.mail_type),
+                       ("cluster.mail_user", c.mail_user)):
         if value is not None and ("$" in value or any(ch.isspace() for ch in value)):
             yield Problem(key, f"'{value}' must be a plain name (no spaces or shell variables)")
+    # The job's log path is an #SBATCH value too, and Slurm cuts an #SBATCH line at a space.
+    for key, value in (("project_name", str(Path(cfg.project_name).expanduser().resolve())),
+                       ("cluster.log_dir", c.log_dir)):
+        if value is not None and (any(ch.isspace() for ch in value) or "$" in value):
+            yield Problem(key, f"'{value}' holds a space or a `$`: the job's log file is named in an #SBATCH "
+                          "--output line, which Slurm cuts at a space and does not expand; choose a path without")
+    for name in c.env:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            yield Problem(f"cluster.env.{name}", "is not an environment variable name (letters, digits, _)")
+    box = c.container
+    if box.kind != "none" and not box.image:
+        yield Problem("cluster.container.image", f"cluster.container.kind is {box.kind}: name the image to run")
+    if box.kind == "none" and box.image:
+        yield Problem("cluster.container.kind", f"an image is set ({box.image}) but kind is none: set "
+                      "cluster.container.kind=pyxis or apptainer")
+    if box.kind != "none" and c.wrapper and re.search(r"\b(apptainer|singularity)\b", c.wrapper):
+        yield Problem("cluster.wrapper / cluster.container", "two containers: keep cluster.container and drop the "
+                      "wrapper")
 
 
 def unused_keys(cfg: RunConfig) -> list[str]:

@@ -50,6 +50,7 @@ def training_kwargs(cfg: RunConfig, run_dir: Path, train_rows: int, has_eval: bo
         report_to=[] if cfg.logging.report_to == "none" else [cfg.logging.report_to],
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
+        ddp_timeout=cfg.distributed.timeout_minutes * 60,  # the process group's timeout (NCCL's and gloo's)
         dataloader_pin_memory=runtime.has_gpu(),  # pinning needs an accelerator; without one torch warns each epoch
         **runtime.trainer_process_kwargs(cfg.distributed.backend, run_dir),
     )

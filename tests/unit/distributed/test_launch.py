@@ -424,3 +424,17 @@ def test_cpu_workers_share_the_cores_instead_of_one_thread_each(processes, tmp_p
     assert env["OMP_NUM_THREADS"] == str(8 // processes)
     assert environment(cfg, CPU, tmp_path, base={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the user's
     assert "OMP_NUM_THREADS" not in environment(cfg, H100x8, tmp_path, base={"PATH": "/bin"})
+
+
+def test_the_process_group_timeout_reaches_the_trainer(tmp_path):
+    """distributed.timeout_minutes becomes the Trainer's ddp_timeout (seconds), which accelerate gives the process
+    group (NCCL's and gloo's collectives wait that long for a slow rank)."""
+    from transformers import TrainingArguments
+
+    from launcher.trainers.common import training_kwargs
+
+    p = plan(tmp_path, "distributed=ddp", "distributed.timeout_minutes=90", hw=H100x8)
+    write_config(tmp_path, p.cfg)
+    kwargs = training_kwargs(read_config(tmp_path), tmp_path, 40, False, 8)
+    assert kwargs["ddp_timeout"] == 5400
+    assert TrainingArguments(output_dir=str(tmp_path), ddp_timeout=kwargs["ddp_timeout"]).ddp_timeout == 5400
