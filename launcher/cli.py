@@ -24,7 +24,9 @@ def cmd_plan(args) -> int:
 
 
 def cmd_train(args) -> int:
-    jobs = _jobs(args.config, args.overrides, args.multirun)
+    from launcher.sweep import jobs as sweep_jobs
+
+    jobs = sweep_jobs(args.config, args.overrides, args.multirun)
     if jobs is None:
         return EXIT_CONFIG
     codes = []
@@ -39,7 +41,9 @@ def cmd_train(args) -> int:
 
 def _train_one(config, overrides) -> int:
     from launcher import run_dir as runs
+    from launcher.cluster.submit import in_batch_step
     from launcher.distributed import launch
+    from launcher.planning import write_run
     from launcher.report import render_plan
 
     plan = _plan_or_exit(argparse.Namespace(config=config, overrides=overrides))
@@ -48,14 +52,17 @@ def _train_one(config, overrides) -> int:
     if plan.blockers:
         print("Cannot start training yet:\n" + "\n".join(f"  - {b}" for b in plan.blockers), file=sys.stderr)
         return EXIT_CONFIG
-    if plan.cfg.cluster.kind == "slurm" and not os.environ.get("SLURM_JOB_ID"):
+    slurm = plan.cfg.cluster.kind == "slurm"
+    if slurm and not in_batch_step():
         print("cluster=slurm runs are started with `tunelaunch submit` (or `sbatch slurm/train.sbatch`)",
               file=sys.stderr)
         return EXIT_CONFIG
     print(render_plan(plan, brief=True), flush=True)
     folder, started = write_run(plan, overrides)
-    if plan.cfg.cluster.kind == "slurm":  # the batch step of `sbatch slurm/train.sbatch ...`
-        return launch.run_in_allocation(folder)
+    if slurm:  # the batch step of `sbatch slurm/train.sbatch ...`: it becomes job.sbatch, written from the allocation
+        from launcher.cluster import submit
+
+        return submit.run_batch_step(folder)
     token = plan.hub_token()
     code = launch.run(started, {"HF_TOKEN": token} if token else None)  # the one way the token reaches them
     state = runs.read_state(folder)
@@ -75,47 +82,18 @@ def _train_one(config, overrides) -> int:
     return code
 
 
-def write_run(plan, overrides=()):
-    """The run folder, written once by the launching process: the resolved config.yaml (secrets redacted),
-    training_params.json, and what the launchers read (launcher.distributed.launch.prepare)."""
-    from launcher import run_dir as runs
-    from launcher.config.autotrain import training_params
-    from launcher.distributed import launch
-
-    folder = runs.open_run_dir(plan.cfg)
-    runs.write_config(folder, plan.cfg)
-    runs.write_json(folder / "training_params.json", training_params(plan.cfg))
-    return folder, launch.prepare(plan.cfg, plan.hardware, folder, plan.resolution.hidden_size, tuple(overrides))
-
-
-def _jobs(config, overrides, multirun: bool) -> list[list[str]] | None:
-    """The overrides of each job: one, or (-m) one per combination of the swept values, each in its own folder
-    <project_name>/<swept values>."""
-    from launcher.sweep import expand
-
-    if not multirun:
-        return [list(overrides)]
-    jobs = []
-    for job, subdir in expand(list(overrides)):
-        if subdir:
-            base = _base_project_name(config, job)
-            if base is None:
-                return None
-            job = [*job, f"project_name={_quoted(f'{base}/{subdir}')}"]
-        jobs.append(job)
-    return jobs
-
-
 def cmd_submit(args) -> int:
     """Plan every run (all errors first: nothing is submitted if one run is wrong), write the run folders
     once, then sbatch: one job, or one job array for a sweep."""
-    from launcher.distributed import launch
+    from launcher.cluster import submit
+    from launcher.planning import write_run
     from launcher.report import render_plan
+    from launcher.sweep import jobs as sweep_jobs
 
     overrides = list(args.overrides)
     if not any(o.split("=", 1)[0] == "cluster" for o in overrides):
         overrides.insert(0, "cluster=slurm")
-    jobs = _jobs(args.config, overrides, args.multirun)
+    jobs = sweep_jobs(args.config, overrides, args.multirun)
     if jobs is None:
         return EXIT_CONFIG
     plans = [_plan_or_exit(argparse.Namespace(config=args.config, overrides=job)) for job in jobs]
@@ -123,15 +101,7 @@ def cmd_submit(args) -> int:
         print(f"Nothing was submitted ({sum(p is None for p in plans)} of {len(plans)} run(s) refused).",
               file=sys.stderr)
         return EXIT_CONFIG
-    problems = [f"{p.cfg.project_name}: {b}" for p in plans for b in p.blockers]
-    problems += [f"{p.cfg.project_name}: cluster.kind is {p.cfg.cluster.kind}; submit runs on Slurm (cluster=slurm)"
-                 for p in plans if p.cfg.cluster.kind != "slurm"]
-    if len(plans) > 1:
-        if len({repr(p.cfg.cluster) for p in plans}) > 1:
-            problems.append("cluster.*: the trials of one job array share their Slurm settings; sweep other keys")
-        if plans[0].cfg.cluster.preprocess_job:
-            problems.append("cluster.preprocess_job: prepare the data of a sweep with `tunelaunch prepare` first "
-                            "(the trials then reuse its cache)")
+    problems = [f"{p.cfg.project_name}: {b}" for p in plans for b in p.blockers] + submit.check_submission(plans)
     if problems:
         print("Nothing was submitted:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
         return EXIT_CONFIG
@@ -141,48 +111,26 @@ def cmd_submit(args) -> int:
         for plan in plans:
             print(render_plan(plan, brief=True))
         if base is not None:
-            name, text = launch.array_batch_script(plans[0].cfg, base, [p.run_dir for p in plans])
-            print(f"\n# {base / name} (not written)\n{text}")
-        else:
-            for name, text in launch.batch_scripts(plans[0].cfg, plans[0].run_dir).items():
-                print(f"\n# {plans[0].run_dir / name} (not written)\n{text}")
+            print("\n" + submit.dry_run_array(plans[0].cfg, base, [p.run_dir for p in plans]))
+        print("\n" + submit.dry_run(plans[0].cfg, plans[0].run_dir))
         return 0
     written = [(plan, *write_run(plan, job)) for plan, job in zip(plans, jobs)]
     try:
         if base is not None:
-            array = launch.submit_array(plans[0].cfg, base, [folder for _, folder, _ in written])
+            array = submit.submit_array(plans[0].cfg, base, [folder for _, folder, _ in written])
             logs = Path(plans[0].cfg.cluster.log_dir or base / "slurm").resolve()
             print(f"Submitted job array {array}: {len(written)} trials under {base}\n"
                   f"  logs:    {logs}/<name>-{array}_<task>.out\n"
-                  f"  follow:  squeue -r -j {array}\n  results: tunelaunch runs {base}")
+                  f"  follow:  squeue -r -j {array}\n  results: tunelaunch runs {base}\n"
+                  f"  cancel:  tunelaunch cancel {base}")
             return 0
         plan, folder, started = written[0]
-        ids = launch.submit(started, folder, plan.cfg)
+        ids = submit.submit(plan.cfg, folder, started.command)
     except RuntimeError as err:
         print(str(err), file=sys.stderr)
         return 1
-    logs = Path(plan.cfg.cluster.log_dir or folder / "slurm").resolve()
-    print(f"Submitted job {ids[-1]}{f' (after data preparation job {ids[0]})' if len(ids) > 1 else ''}: {folder}\n"
-          f"  log:     {logs}/{folder.resolve().name}-{ids[-1]}.out (workers: {folder / 'train.log'})\n"
-          f"  follow:  squeue -j {ids[-1]}   or   tail -f {logs}/{folder.resolve().name}-{ids[-1]}.out\n"
-          f"  results: tunelaunch runs {folder}")
+    print(submit.submitted_message(plan.cfg, folder, ids))
     return 0
-
-
-def _quoted(value: str) -> str:
-    """A value for a Hydra override: quoted, since a sweep folder name holds `=` and `,`."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _base_project_name(config, overrides) -> str | None:
-    from launcher.config.compose import compose
-    from launcher.config.errors import ConfigError
-
-    try:
-        return compose(config, overrides).config.project_name
-    except ConfigError as err:
-        print(err.report(), file=sys.stderr)
-        return None
 
 
 def cmd_recipes(args) -> int:
@@ -283,6 +231,49 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_logs(args) -> int:
+    """Print the current Slurm job's log of a run; with -f follow it until the job leaves the queue."""
+    from launcher.cluster.submit import jobs  # through the CLI's one door to launcher.cluster
+
+    folder = Path(args.run_dir)
+    if jobs.current_job(folder) is None:
+        print(f"{folder} records no Slurm job ({folder / jobs.JOBS_FILE}); a local run writes {folder / 'train.log'}",
+              file=sys.stderr)
+        return 1
+    if args.follow:
+        try:
+            jobs.follow(folder)
+        except KeyboardInterrupt:  # Ctrl-C ends the following, not the job
+            return 130
+        return 0
+    path = jobs.log_file(folder)
+    if not path.is_file():
+        print(f"no log yet: {path} (job {jobs.current_job(folder)}: {jobs.run_status(folder)})", file=sys.stderr)
+        return 1
+    sys.stdout.write(path.read_text(errors="replace"))
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    """scancel the queued jobs of a run, or of every run under a folder (a sweep); exit 1 when none was queued."""
+    from launcher.cluster.submit import jobs  # through the CLI's one door to launcher.cluster
+
+    try:
+        found = jobs.cancel(Path(args.target))
+    except RuntimeError as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    for job in found:
+        if job.error:
+            print(f"not cancelled: job {job.job_id} ({job.role}, {job.was}) of {job.run_dir}: {job.error}",
+                  file=sys.stderr)
+        else:
+            print(f"cancelled job {job.job_id} ({job.role}, was {job.was}) of {job.run_dir}")
+    if not found:
+        print(f"nothing to cancel: no job recorded under {args.target} is queued", file=sys.stderr)
+    return 1 if all(job.error for job in found) else 0
+
+
 def cmd_prepare(args) -> int:
     from launcher.prepare import main as prepare
 
@@ -362,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs.add_argument("--sort", default="run", choices=SORT_KEYS, help="column to sort by (default run)")
     runs.set_defaults(func=cmd_runs)
+    logs = sub.add_parser("logs", help="print the log of a run's current Slurm job (-f: follow it while queued)")
+    logs.add_argument("run_dir")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="print new lines as they come, across a requeue, until the job leaves the queue")
+    logs.set_defaults(func=cmd_logs)
+    cancel = sub.add_parser("cancel", help="scancel the queued Slurm jobs of a run, or of every run under a folder")
+    cancel.add_argument("target", help="a run folder, or a folder of runs (a sweep)")
+    cancel.set_defaults(func=cmd_cancel)
     explain = sub.add_parser("explain", help="document the configuration keys")
     explain.add_argument("key", nargs="?", help="a key or prefix, e.g. data or training.lr")
     explain.set_defaults(func=cmd_explain)

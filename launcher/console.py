@@ -141,11 +141,12 @@ class LineFilter:
 
 
 @contextmanager
-def launcher_stderr():
+def launcher_stderr(watch=None):
     """While the launcher runs: this process's stderr (fd 2, which the launcher and its workers inherit) goes
-    through a LineFilter to the real one. Verbose: untouched."""
+    through a LineFilter to the real one. Verbose: untouched, unless `watch` is given: it is called with every
+    line (unfiltered), e.g. to learn how a worker died from the launcher's report."""
     try:
-        real = -1 if verbose() else os.dup(2)
+        real = -1 if verbose() and watch is None else os.dup(2)
     except OSError:  # no stderr to filter
         real = -1
     if real < 0:
@@ -155,7 +156,7 @@ def launcher_stderr():
     read, write = os.pipe()
     os.dup2(write, 2)
     os.close(write)
-    pump = threading.Thread(target=_pump, args=(read, real), daemon=True)
+    pump = threading.Thread(target=_pump, args=(read, real, watch), daemon=True)
     pump.start()
     try:
         yield
@@ -167,7 +168,7 @@ def launcher_stderr():
             os.close(real)
 
 
-def _pump(read: int, real: int) -> None:
+def _pump(read: int, real: int, watch=None) -> None:
     def write(text: str) -> None:
         try:
             os.write(real, text.encode(errors="replace"))
@@ -175,6 +176,18 @@ def _pump(read: int, real: int) -> None:
             pass
 
     lines = LineFilter(write)
+    if verbose():
+        lines.line = write
+    if watch is not None:
+        shown = lines.line
+
+        def seen(line: str) -> None:
+            try:
+                watch(line)
+            finally:
+                shown(line)
+
+        lines.line = seen
     decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode  # a chunk may end inside a character
     partial = ""
     try:

@@ -45,10 +45,13 @@ class Plan:
 
 
 def _target_hardware(cfg: RunConfig) -> Hardware:
-    """The machine the workers will run on: this one, or (submitting to Slurm from outside an allocation) the
-    nodes the cluster settings describe."""
+    """The machine the workers will run on: this one (also in a Slurm job's own batch step, which runs on its
+    first node), or the nodes the cluster settings describe (submitting to Slurm, from wherever: a login node, an
+    `salloc` shell or another job)."""
+    from launcher.cluster.resources import in_batch_step
+
     c = cfg.cluster
-    if c.kind == "slurm" and not os.environ.get("SLURM_JOB_ID"):
+    if c.kind == "slurm" and not in_batch_step():
         return Hardware.of_slurm_nodes(c.gpus_per_node, c.gpu_memory_gib, c.bf16)
     return Hardware.detect()
 
@@ -76,3 +79,22 @@ def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware 
         plan.blockers.append(Problem("hub.token", "push_to_hub is true but there is no token: set HF_TOKEN "
                                      "(or hub.token) so the upload at the end does not fail after training"))
     return plan
+
+
+def write_run(plan: Plan, overrides=()):
+    """The run folder, written once by the launching process: the resolved config.yaml (secrets redacted),
+    training_params.json, what the launchers read (launcher.distributed.launch.prepare) and, for Slurm, the batch
+    scripts (launcher.cluster.submit.write). Returns the folder and how it starts."""
+    from launcher import run_dir as runs
+    from launcher.config.autotrain import training_params
+
+    folder = runs.open_run_dir(plan.cfg)
+    runs.write_config(folder, plan.cfg)
+    runs.write_json(folder / "training_params.json", training_params(plan.cfg))
+    command = None
+    if plan.cfg.cluster.kind == "slurm":
+        from launcher.cluster import submit
+
+        command = submit.write(plan.cfg, folder)
+    return folder, launch.prepare(plan.cfg, plan.hardware, folder, plan.resolution.hidden_size, tuple(overrides),
+                                  command=command)

@@ -48,6 +48,12 @@ def render_plan(plan: Plan, brief: bool = False) -> str:
         return "\n".join(out)
     out += ["", "Resolved configuration (secrets redacted):",
             "  " + yaml.safe_dump(redacted_dict(cfg), sort_keys=False).rstrip().replace("\n", "\n  ")]
+    if cfg.cluster.kind == "slurm":
+        from launcher.cluster.submit import node_commands
+
+        out += ["", "Launch (Slurm): `tunelaunch submit` writes job.sbatch and submits it (`submit --dry-run` prints "
+                "it); in the job each node runs:"] + [f"  {line}" for line in node_commands(cfg, plan.run_dir)]
+        return "\n".join(out)
     out += ["", "Launch command" + (" per node:" if d.num_nodes > 1 else ":")]
     if d.num_nodes > 1:
         for rank in range(d.num_nodes):

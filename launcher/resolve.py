@@ -8,6 +8,7 @@ this order (each step may read what the steps before it decided):
   4. block size           -1 -> min(1024, model max length, the model's positions)
   5. chat template        Alpaca rows under `none` -> alpaca (and how sft packs, now that the length is known)
   6. processes            num_processes null -> one per GPU (one without GPUs); on Slurm num_nodes = cluster.nodes
+                          (from the allocation in a job's batch step), and cores and memory per node
   7. backend              auto -> none / DDP / ZeRO-2 / ZeRO-3 / ZeRO-3 + offload, from the memory estimate
   8. accumulation         from training.global_batch_size and the world size, when given
 
@@ -25,7 +26,7 @@ from launcher.config.errors import Problem
 from launcher.config.schema import RunConfig
 from launcher.config.validate import effective_block_size
 from launcher.distributed import memory
-from launcher.distributed.launch import world_size
+from launcher.distributed.backends import world_size
 from launcher.hardware import Hardware
 from launcher.methods import METHODS
 
@@ -178,13 +179,15 @@ def _packing(cfg: RunConfig, out: Resolution) -> None:
 def _processes(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
     d, c = cfg.distributed, cfg.cluster
     if c.kind == "slurm":
-        inside = os.environ.get("SLURM_JOB_NUM_NODES")
-        if inside and int(inside) != c.nodes:  # `sbatch --nodes=N slurm/train.sbatch`: the allocation decides
-            out.notes.append(f"cluster: this Slurm allocation has {inside} node(s): cluster.nodes {c.nodes} -> {inside}")
-            c.nodes = int(inside)
+        from launcher.cluster import resources
+
+        if resources.in_batch_step():  # `sbatch slurm/train.sbatch`: the allocation decides
+            out.notes += resources.from_allocation(c)
         d.num_nodes = c.nodes
     if d.num_processes is None:
         d.num_processes = max(hw.gpus, 1)
+    if c.kind == "slurm" and not resources.in_batch_step():
+        out.notes += resources.default_resources(c, d.num_processes, resources.describe_nodes(c.partition))
 
 
 def _backend(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:

@@ -57,10 +57,29 @@ def check_run_dir(cfg: RunConfig) -> tuple[list[Problem], list[str]]:
         return [Problem("project_name", f"{path} already holds a finished run. Choose another project_name, "
                         "or pass overwrite=true to start over (the old run is moved aside, not deleted)")], []
     if state is RunState.UNFINISHED:
+        problem = _node_count_changed(cfg, path)
+        if problem:
+            return [problem], []
         newest = latest_checkpoint(path)
         what = f"resumes from {newest.name}" if newest else "restarts (no complete checkpoint yet)"
         return [], [f"output: {path} holds an unfinished run; training {what}"]
     return [], [f"output: {path}"]
+
+
+def _node_count_changed(cfg: RunConfig, path: Path) -> Problem | None:
+    """A resumed Slurm run keeps the node count it was started with (its checkpoints and data order are for that
+    world size): another count is refused, naming both."""
+    if cfg.cluster.kind != "slurm" or not (path / "config.yaml").is_file():
+        return None
+    try:
+        before = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("cluster", {}).get("nodes")
+    except yaml.YAMLError:
+        return None
+    if isinstance(before, int) and before != cfg.cluster.nodes:
+        return Problem("cluster.nodes", f"{path} holds an unfinished run started on {before} node(s), and this "
+                       f"one asks for {cfg.cluster.nodes}: resume it with cluster.nodes={before} (sbatch "
+                       f"{path / 'job.sbatch'}), or choose another project_name for {cfg.cluster.nodes} node(s)")
+    return None
 
 
 def open_run_dir(cfg: RunConfig) -> Path:

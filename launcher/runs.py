@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import run_dir as runs
+from launcher.cluster import jobs
 
 COLUMNS = ("run", "state", "steps", "train_loss", "eval_loss", "seconds", "overrides")
 SORT_KEYS = COLUMNS[:-1]
@@ -17,7 +18,8 @@ SORT_KEYS = COLUMNS[:-1]
 class RunRow:
     run: str
     state: str
-    """planned, running, preempted, failed or finished."""
+    """planned, running, preempted, failed or finished (run_state.json); for a Slurm run, Slurm's word on its
+    current job (PENDING, RUNNING, CANCELLED, FAILED, TIMEOUT, ...: launcher.cluster.jobs.run_status)."""
     steps: str
     train_loss: float | None
     eval_loss: float | None
@@ -51,7 +53,7 @@ def collect(root: Path) -> list[RunRow]:
         shown = [o for o in overrides if not o.startswith(("project_name=", "cluster="))]
         rows.append(RunRow(
             run=str(folder.relative_to(root)) if folder != root else folder.name,
-            state=state.get("status", "?"),
+            state=jobs.run_status(folder),
             steps=f"{history.get('global_step', 0)}/{history.get('max_steps', '?')}" if history else "0",
             train_loss=state.get("train_loss", train) if state.get("status") == "finished" and train is None else train,
             eval_loss=evals, seconds=state.get("seconds"), overrides=" ".join(shown)))

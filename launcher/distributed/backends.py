@@ -11,6 +11,12 @@ from launcher.config.schema import DistributedConfig, RunConfig
 from launcher.distributed import deepspeed
 
 
+def world_size(cfg: RunConfig) -> int:
+    """Processes over all nodes (the configuration is resolved: num_processes is concrete)."""
+    d = cfg.distributed
+    return (1 if d.num_processes is None else d.num_processes) * d.num_nodes
+
+
 def _nothing(*_args) -> dict:
     return {}
 

@@ -16,18 +16,12 @@ from pathlib import Path
 from launcher import run_dir as runs
 from launcher.config.errors import Problem
 from launcher.config.schema import REDACTED, RunConfig
-from launcher.distributed.backends import BACKENDS
+from launcher.distributed.backends import BACKENDS, world_size  # noqa: F401 (world_size: callers')
 from launcher.distributed.supervise import PREEMPTED  # noqa: F401  (the CLI reads it here)
 from launcher.hardware import Hardware
 
 ACCELERATE_FILE = "accelerate_config.yaml"
 LAUNCH_FILE = "launch.json"
-
-
-def world_size(cfg: RunConfig) -> int:
-    """Processes over all nodes (the configuration is resolved: num_processes is concrete)."""
-    d = cfg.distributed
-    return (1 if d.num_processes is None else d.num_processes) * d.num_nodes
 
 
 def check(cfg: RunConfig, hw: Hardware, why_chosen: str = "") -> tuple[list[Problem], list[str]]:
@@ -174,48 +168,19 @@ class Launch:
 
 
 def prepare(cfg: RunConfig, hw: Hardware, run_dir: Path, hidden_size: int | None,
-            overrides: tuple[str, ...] = ()) -> Launch:
+            overrides: tuple[str, ...] = (), command: list[str] | None = None) -> Launch:
     """Write what the launchers and the Trainer read into the run folder (accelerate_config.yaml, the backend's
-    own files such as deepspeed.json, launch.json) and return the command and environment of this node."""
+    own files such as deepspeed.json, launch.json) and return the command and environment of this node.
+    `command`: what starts the run instead, recorded in launch.json (Slurm: the sbatch line)."""
     spec = BACKENDS[cfg.distributed.backend]
     runs.write_yaml(run_dir / ACCELERATE_FILE, accelerate_config(cfg, hw, run_dir))
     for name, content in spec.files(cfg, world_size(cfg), hidden_size, hw.gpus > 0).items():
         runs.write_json(run_dir / name, content)
-    if cfg.cluster.kind == "slurm":
-        from launcher.distributed import slurm
-
-        command = slurm.write_job(cfg, run_dir)  # job.sbatch; the command submits it
-    else:
-        command = node_command(cfg, run_dir)
+    command = command or node_command(cfg, run_dir)
     runs.write_json(run_dir / LAUNCH_FILE, {"command": render(command), "backend": cfg.distributed.backend,
                                              "world_size": world_size(cfg), "hardware": hw.kind,
                                              "overrides": [redacted(o) for o in overrides]})
     return Launch(command, environment(cfg, hw, run_dir))
-
-
-def run_in_allocation(run_dir: Path) -> int:
-    """Inside a Slurm allocation (`sbatch slurm/train.sbatch ...`): the batch step of a submitted job."""
-    from launcher.distributed import slurm
-
-    return slurm.run_job(run_dir)
-
-
-def submit(launch: Launch, run_dir: Path, cfg: RunConfig) -> list[str]:
-    """Submit a prepared Slurm run (its preprocessing job first, when asked for); returns the job ids."""
-    from launcher.distributed import slurm
-
-    ids = []
-    if cfg.cluster.preprocess_job:
-        ids.append(slurm.sbatch(["sbatch", "--parsable", str((run_dir / slurm.PREPARE_FILE).resolve())]))
-    ids.append(slurm.sbatch(launch.command, dependency=f"afterok:{ids[0]}" if ids else None))
-    return ids
-
-
-def submit_array(cfg: RunConfig, base: Path, trials: list[Path]) -> str:
-    """One Slurm job array for the trials of a sweep (each trial folder already prepared)."""
-    from launcher.distributed import slurm
-
-    return slurm.sbatch(slurm.write_array(cfg, base, trials))
 
 
 def run(launch: Launch, extra_env: dict | None = None) -> int:
@@ -232,21 +197,6 @@ def redacted(override: str) -> str:
     """A command-line override as it may be written into a file: never with a hub token's value."""
     key, sep, _ = override.partition("=")
     return f"{key}={REDACTED}" if sep and key.lstrip("+~") == "hub.token" else override
-
-
-def batch_scripts(cfg: RunConfig, run_dir: Path) -> dict[str, str]:
-    """What `submit` would write for a Slurm run (file name -> text), for --dry-run: nothing is written."""
-    from launcher.distributed import slurm
-
-    out = {slurm.PREPARE_FILE: slurm.prepare_script(cfg, run_dir)} if cfg.cluster.preprocess_job else {}
-    return {**out, slurm.JOB_FILE: slurm.job_script(cfg, run_dir)}
-
-
-def array_batch_script(cfg: RunConfig, base: Path, trials: list[Path]) -> tuple[str, str]:
-    """(file name, text) of a sweep's job array, for --dry-run."""
-    from launcher.distributed import slurm
-
-    return slurm.ARRAY_FILE, slurm.array_script(cfg, base, trials)
 
 
 def render(cmd: list[str]) -> str:

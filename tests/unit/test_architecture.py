@@ -4,7 +4,10 @@
 - only launcher/distributed/ and launcher/config/ know backend names and ZeRO stages: everything else reads the
   backend table's rows or the resolved configuration (no `backend == "deepspeed"`, no `zero_stage`);
 - the shipped launcher knows nothing of the test probe (tests/distributed puts it into the workers themselves);
-- the configuration layer does not depend on the distributed layer.
+- the configuration layer does not depend on the distributed layer;
+- the CLI reaches Slurm through one door, `launcher.cluster.submit`, and Slurm's commands are named only under
+  launcher/cluster/ (a scheduler is not a distributed backend);
+- no import cycle anywhere in launcher/ (imports inside functions count: they only hide a cycle).
 
 Each checker is also run on a small snippet that breaks its rule, so a checker that finds nothing is not mistaken
 for a clean package."""
@@ -154,6 +157,92 @@ def test_the_launcher_knows_nothing_of_the_test_probe():
     assert not (LAUNCHER / "distributed" / "probe.py").exists()
     report = [f"{path}: {use}" for path, tree in sources().items() for use in probe_uses(tree, _module(path))]
     assert report == []
+
+
+def test_the_cli_reaches_slurm_only_through_its_door():
+    tree = sources()["launcher/cli.py"]
+    reached = {name.rsplit(".", 1)[0] if name.count(".") > 2 else name
+               for name in imports(tree, "launcher.cli") if name.startswith("launcher.cluster")}
+    assert reached <= {"launcher.cluster.submit"}, sorted(reached)
+
+
+SLURM_COMMANDS = {"sbatch", "srun", "scontrol", "squeue", "sacct", "scancel", "sinfo", "salloc"}
+
+
+def slurm_command_uses(tree: ast.AST) -> list[str]:
+    """String constants that are exactly a Slurm command (a list item of a subprocess call), docstrings aside."""
+    docstrings = _docstrings(tree)
+    return [f"line {node.lineno}: {node.value!r}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            and node.value in SLURM_COMMANDS]
+
+
+def test_slurm_commands_are_run_only_under_cluster():
+    report = [f"{path}: {use}" for path, tree in sources().items() if not path.startswith("launcher/cluster/")
+              for use in slurm_command_uses(tree)]
+    assert report == []
+    assert slurm_command_uses(ast.parse('subprocess.run(["scontrol", "requeue", job])\n'))
+    assert not (LAUNCHER / "distributed" / "slurm.py").exists()
+
+
+def import_graph(trees: dict[str, ast.Module]) -> dict[str, set[str]]:
+    """module -> the launcher modules it imports (anywhere in its body), each name resolved to a module."""
+    modules = {_module(path): tree for path, tree in trees.items()}
+
+    def owner(name: str) -> str:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for module, tree in modules.items():
+        targets = {owner(name) for name in imports(tree, module) if name.startswith("launcher")}
+        graph[module] = {t for t in targets if t and t != module and t != "launcher"}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_one():
+    trees = {"launcher/a.py": ast.parse("def f():\n    from launcher import b\n"),
+             "launcher/b.py": ast.parse("from launcher.c import x\n"),
+             "launcher/c.py": ast.parse("import launcher.a\n"),
+             "launcher/d.py": ast.parse("from launcher import a\n")}
+    assert cycles(import_graph(trees)) == [["launcher.a", "launcher.b", "launcher.c"]]
+
+
+def test_launcher_has_no_import_cycle():
+    found = cycles(import_graph(sources()))
+    assert found == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
 
 def test_config_does_not_import_distributed():

@@ -212,7 +212,7 @@ def test_dpo_with_max_prompt_length_above_block_size_exits_2_naming_both_keys(sc
 # ---- train's run folder: the resolved configuration and the launch files, written once
 
 def test_write_run_writes_the_resolved_configuration_and_the_launch_files(tmp_path, monkeypatch):
-    from launcher.cli import write_run
+    from launcher.planning import write_run
     from launcher.hardware import Hardware
     from launcher.planning import make_plan
     from launcher.run_dir import read_config

@@ -51,7 +51,10 @@ def install(config: str) -> None:
     rank = int(os.environ.get("RANK", "0"))  # as launcher.distributed.runtime reads them
     _record.update(rank_env=rank, world_size_env=int(os.environ.get("WORLD_SIZE", "1")), writes=[],
                    local_rank_env=int(os.environ.get("LOCAL_RANK", "0")),
-                   node_rank_env=int(os.environ.get("GROUP_RANK", "0")))
+                   node_rank_env=int(os.environ.get("GROUP_RANK", "0")),
+                   # the cores this worker may run on (Slurm's CPU binding), and the job's CPU share as srun says
+                   affinity=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+                   slurm_cpus_per_task=os.environ.get("SLURM_CPUS_PER_TASK"))
     after_import = {"transformers.trainer": _add_probe_callback}
     if os.environ.get(PROBE_DIR):
         if rank != 0:
