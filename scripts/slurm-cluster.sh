@@ -16,9 +16,11 @@
 # again at 1, so a test must never reuse an output path named only after a job id across cluster restarts.
 #
 # Settings (environment):
-#   TUNELAUNCH_SLURM_NODES=2            virtual nodes node1..nodeN
+#   TUNELAUNCH_SLURM_NODES=2            virtual nodes node1..nodeN (each has 1/N of 90% of the machine's memory)
 #   TUNELAUNCH_SLURM_CPUS=2             CPUs each node advertises (may overcommit the real cores; cons_tres, 1 CPU per
-#                                       task by default, so each node runs up to this many 1-CPU jobs at once)
+#                                       task by default, so each node runs up to this many 1-CPU jobs at once; a
+#                                       task is bound to its CPUs, a job gets 1/CPUS of its node's memory per CPU
+#                                       unless it asks with --mem, and is killed when its processes use more)
 #   TUNELAUNCH_SLURM_ROOT=/tmp/tunelaunch-slurm   config, state, spool, logs, pid files, munge key and socket
 #   TUNELAUNCH_SLURM_PORT=6817          slurmctld port; node I's slurmd listens on PORT+I
 #   TUNELAUNCH_SLURM_PARTITION=debug    the one (default) partition, holding every node
@@ -93,9 +95,9 @@ install_packages() {
 }
 
 # ---- config -------------------------------------------------------------------------------------------------------
-real_memory_mb() {  # 90% of the machine's memory; every node advertises it (memory is not a consumable resource here)
-  local kb; kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
-  echo $(( kb * 9 / 10 / 1024 ))
+real_memory_mb() {  # each node's share of 90% of the machine's memory: the nodes together never promise more than
+  local kb; kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)   # there is (memory is a consumable resource)
+  echo $(( kb * 9 / 10 / 1024 / NODES ))
 }
 
 write_config() {  # $1 = file
@@ -120,19 +122,29 @@ write_config() {  # $1 = file
     echo "SlurmdLogFile=$ROOT/log/slurmd-%n.log"
     echo "SlurmctldDebug=info"
     echo "SlurmdDebug=info"
-    # no cgroups: plain process tracking, no binding or containment of tasks
+    # no cgroups (no systemd): plain process tracking. Tasks are bound to their CPUs (sched_setaffinity) as on a
+    # real cluster, so a job sees only the CPUs it asked for (1 per task by default); each node's CPU ids are
+    # spread over the real cores by its own topology file (write_topology)
     echo "ProctrackType=proctrack/linuxproc"
-    echo "TaskPlugin=task/none"
-    echo "JobAcctGatherType=jobacct_gather/none"
+    echo "TaskPlugin=task/affinity"
+    # memory without cgroups: every step's processes are polled (/proc, each second) and a step whose tasks
+    # together use more than the job's memory on that node is killed with SIGKILL, "exceeded memory limit" in the
+    # job's output. Slurm then reports no OUT_OF_MEMORY (that needs cgroups): the batch step killed = FAILED,
+    # ExitCode 0:9; an srun step killed = srun exits 137 and the batch script goes on
+    echo "JobAcctGatherType=jobacct_gather/linux"
+    echo "JobAcctGatherParams=OverMemoryKill"
+    echo "JobAcctGatherFrequency=task=1"
     echo "AccountingStorageType=accounting_storage/none"
     echo "JobCompType=jobcomp/none"
     echo "MpiDefault=none"
     echo "MailProg=/bin/true"
     # nodes advertise what is configured here, not the real hardware (lets 2 virtual nodes share 2 real cores)
     echo "SlurmdParameters=config_overrides"
-    # consumable cores: a 1-CPU job takes one CPU of a node, so small jobs (and array tasks) share nodes
+    # consumable cores and memory: a 1-CPU job takes one CPU of a node and, unless it asks (--mem), that CPU's
+    # share of the node's memory, so small jobs (and array tasks) share nodes
     echo "SelectType=select/cons_tres"
-    echo "SelectTypeParameters=CR_Core"
+    echo "SelectTypeParameters=CR_Core_Memory"
+    echo "DefMemPerCPU=$(( mem / CPUS ))"
     echo "SchedulerType=sched/backfill"
     echo "SchedulerParameters=bf_interval=1,sched_interval=2,sched_min_interval=100000"
     echo "JobRequeue=1"
@@ -144,6 +156,7 @@ write_config() {  # $1 = file
     # no accounting database (sacct fails): finished jobs stay in `scontrol show job` for 5 minutes
     echo "MinJobAge=300"
     for ((i = 1; i <= NODES; i++)); do
+      echo "# node$i: CPU ids 0.. are bound to real CPUs $(cpu_map "$i" | tr ' ' ',') (its topology-node$i.xml)"
       echo "NodeName=node$i NodeHostname=$host NodeAddr=127.0.0.1 Port=$((PORT + i)) CPUs=$CPUS Sockets=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$mem State=UNKNOWN"
     done
     # LLN: a job goes to the least loaded node, so two 1-CPU jobs take one CPU of each node and a 2-node job
@@ -153,6 +166,63 @@ write_config() {  # $1 = file
 }
 
 config_checksum() { sha1sum "$1" | cut -d' ' -f1; }
+
+# ---- CPU topology of each node ------------------------------------------------------------------------------------
+# task/affinity binds a task to the machine CPUs behind its node's CPU ids 0..CPUS-1, read from the node's hwloc
+# topology. All nodes share this machine's cores, so with the real topology the first 1-CPU job of every node (or
+# both ranks of a 2-node job) would land on core 0 while core 1 idles. Each slurmd instead loads a topology of its
+# own (HWLOC_XMLFILE): one package of max(CPUS, real cores) cores of one PU each, whose PU k is real CPU
+# (k + rotation) mod cores: with 2 cores, node1's CPUs 0,1 are cores 0,1 and node2's are cores 1,0. Slurm binds to
+# the PUs' os_index; the cpusets are just 0..N-1 in order (hwloc reorders an XML whose cpusets are not, and more
+# CPUs than cores, TUNELAUNCH_SLURM_CPUS overcommitting, need more PUs than there are real ones).
+real_cpus() {  # the CPUs this process may run on, one id a line (Cpus_allowed_list, e.g. "0-3,8-11")
+  local r
+  for r in $(awk '/^Cpus_allowed_list:/ {print $2}' /proc/self/status | tr ',' ' '); do seq "${r%-*}" "${r#*-}"; done
+}
+
+hwloc_bitmap() {  # cpu ids -> an hwloc bitmap: 32-bit hex words, most significant first ("0x00000001,0x00000003")
+  local -a words=(); local c i top=0 out=""
+  for c in "$@"; do i=$((c / 32)); words[i]=$(( ${words[i]:-0} | (1 << (c % 32)) )); ((i > top)) && top=$i; done
+  for ((i = top; i >= 0; i--)); do out+=$(printf '0x%08x' "${words[i]:-0}"); ((i > 0)) && out+=","; done
+  echo "$out"
+}
+
+cpu_map() {  # $1 = node number: the real CPU behind each of the node's PUs, space-separated
+  local -a cpus; mapfile -t cpus < <(real_cpus)
+  local n=${#cpus[@]} k pus rot map=()
+  [ "$n" -gt 0 ] || die "cannot read this process's CPUs (Cpus_allowed_list in /proc/self/status)"
+  if [ "$CPUS" -ge "$n" ]; then
+    rot=$(( ($1 - 1) % n ))   # every node spans all cores: start each on the next one
+  else  # node I's CPUs follow node I-1's, shifted by one more core each time they wrap around the real ones
+    rot=$(( (($1 - 1) * CPUS + ($1 - 1) * CPUS / n) % n ))
+  fi
+  pus=$(( CPUS > n ? CPUS : n ))
+  for ((k = 0; k < pus; k++)); do map+=("${cpus[(k + rot) % n]}"); done
+  echo "${map[*]}"
+}
+
+write_topology() {  # $1 = file, $2 = node number (1..NODES)
+  local -a map; read -r -a map <<< "$(cpu_map "$2")"
+  local k set all node='nodeset="0x00000001" complete_nodeset="0x00000001"'
+  all=$(hwloc_bitmap $(seq 0 $((${#map[@]} - 1))))
+  {
+    echo '<?xml version="1.0" encoding="UTF-8"?>'
+    echo '<!DOCTYPE topology SYSTEM "hwloc2.dtd">'
+    echo '<topology version="2.0">'   # (no XML comments: hwloc's own parser rejects them)
+    echo "  <object type=\"Machine\" os_index=\"0\" cpuset=\"$all\" complete_cpuset=\"$all\" allowed_cpuset=\"$all\" $node allowed_nodeset=\"0x00000001\" gp_index=\"1\">"
+    echo "    <object type=\"Package\" os_index=\"0\" cpuset=\"$all\" complete_cpuset=\"$all\" $node gp_index=\"2\">"
+    echo "      <object type=\"NUMANode\" os_index=\"0\" cpuset=\"$all\" complete_cpuset=\"$all\" $node gp_index=\"3\"/>"
+    for ((k = 0; k < ${#map[@]}; k++)); do
+      set=$(hwloc_bitmap "$k")
+      echo "      <object type=\"Core\" os_index=\"$k\" cpuset=\"$set\" complete_cpuset=\"$set\" $node gp_index=\"$((4 + 2 * k))\">"
+      echo "        <object type=\"PU\" os_index=\"${map[k]}\" cpuset=\"$set\" complete_cpuset=\"$set\" $node gp_index=\"$((5 + 2 * k))\"/>"
+      echo "      </object>"
+    done
+    echo "    </object>"
+    echo "  </object>"
+    echo "</topology>"
+  } > "$1"
+}
 
 add_hosts() {  # node names must resolve (to loopback): torch's rendezvous on MASTER_ADDR=node1
   local n addr missing=""
@@ -279,7 +349,10 @@ start_daemons() {
   slurmctld -f "$CONF" || fail_start "slurmctld did not start"
   for n in $(node_names); do
     log "starting slurmd -N $n"
-    slurmd -f "$CONF" -N "$n" || fail_start "slurmd -N $n did not start"
+    write_topology "$ROOT/etc/topology-$n.xml" "${n#node}"
+    # THISSYSTEM: hwloc takes the XML for this machine's topology, not a remote one
+    HWLOC_XMLFILE="$ROOT/etc/topology-$n.xml" HWLOC_THISSYSTEM=1 slurmd -f "$CONF" -N "$n" \
+      || fail_start "slurmd -N $n did not start"
   done
 }
 
