@@ -118,11 +118,7 @@ def cmd_submit(args) -> int:
     try:
         if base is not None:
             array = submit.submit_array(plans[0].cfg, base, [folder for _, folder, _ in written])
-            logs = Path(plans[0].cfg.cluster.log_dir or base / "slurm").resolve()
-            print(f"Submitted job array {array}: {len(written)} trials under {base}\n"
-                  f"  logs:    {logs}/<name>-{array}_<task>.out\n"
-                  f"  follow:  squeue -r -j {array}\n  results: tunelaunch runs {base}\n"
-                  f"  cancel:  tunelaunch cancel {base}")
+            print(submit.submitted_array_message(plans[0].cfg, base, array, len(written)))
             return 0
         plan, folder, started = written[0]
         ids = submit.submit(plan.cfg, folder, started.command)

@@ -359,7 +359,7 @@ def array_script(cfg: RunConfig, base: Path, trials: list[Path]) -> str:
     reaches it), which records, requeues and resumes exactly as a single job does."""
     base = base.resolve()
     limit = f"%{cfg.cluster.array_parallelism}" if cfg.cluster.array_parallelism else ""
-    logs = Path(cfg.cluster.log_dir).expanduser().resolve() if cfg.cluster.log_dir else base / "slurm"
+    logs = log_dir(cfg, base)  # cluster.log_dir, else the sweep folder's slurm/
     lines = directives(cfg, job_name(base), str(logs / "%x-%A_%a.out")) + [f"--array=0-{len(trials) - 1}{limit}"]
     listed = " ".join(shlex.quote(str(t.resolve())) for t in trials)
     body = [*_header(lines, [f"Written by `tunelaunch submit -m`: one array task per trial, listed in "

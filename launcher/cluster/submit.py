@@ -73,8 +73,7 @@ def submit_array(cfg: RunConfig, base: Path, trials: list[Path]) -> str:
     base.mkdir(parents=True, exist_ok=True)
     atomic.write_text(base / script.TRIALS_FILE, json.dumps([str(t.resolve()) for t in trials], indent=1))
     atomic.write_text(base / script.ARRAY_FILE, script.array_script(cfg, base, trials))
-    (Path(cfg.cluster.log_dir).expanduser() if cfg.cluster.log_dir else base / "slurm").mkdir(parents=True,
-                                                                                                exist_ok=True)
+    script.log_dir(cfg, base).mkdir(parents=True, exist_ok=True)
     array = sbatch(["sbatch", "--parsable", str((base / script.ARRAY_FILE).resolve())])
     for i, trial in enumerate(trials):
         jobs.record(trial, f"{array}_{i}", "train", "submitted", f"array {array} task {i}")
@@ -137,6 +136,13 @@ def check_submission(plans: list) -> list[str]:
             problems.append("cluster.preprocess_job: prepare the data of a sweep with `tunelaunch prepare` first "
                             "(the trials then reuse its cache)")
     return problems
+
+
+def submitted_array_message(cfg: RunConfig, base: Path, array: str, trials: int) -> str:
+    return (f"Submitted job array {array}: {trials} trials under {base}\n"
+            f"  logs:    {script.log_dir(cfg, base)}/<name>-{array}_<task>.out\n"
+            f"  follow:  squeue -r -j {array}\n  results: tunelaunch runs {base}\n"
+            f"  cancel:  tunelaunch cancel {base}")
 
 
 def submitted_message(cfg: RunConfig, run_dir: Path, ids: list[str]) -> str:
