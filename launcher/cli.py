@@ -29,6 +29,10 @@ def cmd_train(args) -> int:
     jobs = sweep_jobs(args.config, args.overrides, args.multirun)
     if jobs is None:
         return EXIT_CONFIG
+    if len(jobs) > 1 and _under_user_launcher():
+        print("A sweep (-m) cannot run under torchrun or accelerate launch: each rank becomes a worker of one run. "
+              "Start the sweep with `tunelaunch train -m ...`, which launches each trial itself.", file=sys.stderr)
+        return EXIT_CONFIG
     codes = []
     for i, overrides in enumerate(jobs):
         if len(jobs) > 1:
@@ -46,6 +50,9 @@ def _train_one(config, overrides) -> int:
     from launcher.planning import write_run
     from launcher.report import render_plan
 
+    world = launch.user_launcher()
+    if world is not None:  # a rank of the user's own torchrun / accelerate launch: it launched; we do not again
+        return launch.train_as_rank(world, lambda: _plan_and_write_for(world, config, overrides))
     plan = _plan_or_exit(argparse.Namespace(config=config, overrides=overrides))
     if plan is None:
         return EXIT_CONFIG
@@ -80,6 +87,38 @@ def _train_one(config, overrides) -> int:
     else:
         print(f"\nFinished: {folder}")
     return code
+
+
+def _under_user_launcher() -> bool:
+    from launcher.distributed import launch
+
+    return launch.user_launcher() is not None
+
+
+def _plan_and_write_for(world, config, overrides) -> Path | None:
+    """Rank 0 under the user's launcher: plan for its world, print the plan (or every problem) once, and write
+    the run folder; None when the run cannot start (every rank then exits 2)."""
+    from launcher.config.errors import ConfigError
+    from launcher.planning import make_plan, write_run
+    from launcher.report import render_plan
+
+    try:
+        plan = make_plan(config, list(overrides), user_launcher=world)
+    except ConfigError as err:
+        print(err.report(), file=sys.stderr, flush=True)
+        return None
+    refusals = [str(b) for b in plan.blockers]
+    if plan.cfg.cluster.kind == "slurm":
+        refusals.append("cluster=slurm runs are started with `tunelaunch submit`, not under torchrun or accelerate "
+                        "launch")
+    if refusals:
+        print("Cannot start training:\n" + "\n".join(f"  - {r}" for r in refusals), file=sys.stderr, flush=True)
+        return None
+    print(render_plan(plan, brief=True), flush=True)
+    token = plan.hub_token()
+    if token:  # rank 0's worker pushes: the token reaches it as under our own launch, in HF_TOKEN only
+        os.environ["HF_TOKEN"] = token
+    return write_run(plan, overrides)[0]
 
 
 def cmd_submit(args) -> int:

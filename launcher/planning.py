@@ -15,7 +15,7 @@ from launcher.config.errors import ConfigError, Problem
 from launcher.config.schema import RunConfig
 from launcher.config.validate import unused_keys, validate
 from launcher.data.load import DataCheck, check_data
-from launcher.distributed import launch
+from launcher.distributed import external, launch
 from launcher.hardware import Hardware
 from launcher.resolve import Resolution, resolve
 from launcher.run_dir import check_run_dir
@@ -31,6 +31,8 @@ class Plan:
     notes: list = field(default_factory=list)
     blockers: list = field(default_factory=list)
     """Not wrong in the config, but `train` cannot start until fixed (e.g. a missing hub token)."""
+    user_launcher: external.World | None = None
+    """The user's own launcher (torchrun, accelerate launch) whose world this run was planned for."""
 
     @property
     def run_dir(self) -> Path:
@@ -56,22 +58,29 @@ def _target_hardware(cfg: RunConfig) -> Hardware:
     return Hardware.detect()
 
 
-def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware | None = None) -> Plan:
-    """Raise ConfigError with every problem, or return the plan."""
+def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware | None = None,
+              user_launcher: external.World | None = None) -> Plan:
+    """Raise ConfigError with every problem, or return the plan. `user_launcher`: the world of the user's own
+    launcher this process is a rank of; it decides the processes, nodes and (with distributed=auto) the backend."""
     composed = compose(config_file, overrides, collect=True)
     cfg = composed.config
     hw = hardware or _target_hardware(cfg)
-    problems = composed.problems + validate(cfg)
-    data = check_data(cfg)
     auto_backend = cfg.distributed.backend == "auto"
+    adopted, adopted_notes = external.adopt(cfg, user_launcher) if user_launcher else ([], [])
+    problems = composed.problems + adopted + validate(cfg)
+    data = check_data(cfg)
     resolution = resolve(cfg, hw, data.format)
-    launch_problems, launch_notes = launch.check(cfg, hw, resolution.backend_reason if auto_backend else "")
+    if user_launcher is not None and auto_backend:
+        resolution.backend_reason = f"set up by {user_launcher.started_by}"
+    launch_problems, launch_notes = launch.check(cfg, hw, resolution.backend_reason if auto_backend else "",
+                                                 user_launcher)
     dir_problems, dir_notes = check_run_dir(cfg)
     problems += data.problems + resolution.problems + launch_problems + dir_problems
     if problems:
         raise ConfigError(problems, composed.source, composed.origin)
-    notes = composed.notes + unused_keys(cfg) + data.notes + resolution.notes + launch_notes + dir_notes
-    plan = Plan(cfg, hw, data, resolution, notes)
+    notes = (composed.notes + adopted_notes + unused_keys(cfg) + data.notes + resolution.notes + launch_notes
+             + dir_notes)
+    plan = Plan(cfg, hw, data, resolution, notes, user_launcher=user_launcher)
     if cfg.hub.push_to_hub and not cfg.hub.username:
         plan.blockers.append(Problem("hub.username", "push_to_hub is true but no username is set (the repository "
                                      "is username/project_name): set hub.username or HF_USERNAME"))
@@ -97,4 +106,4 @@ def write_run(plan: Plan, overrides=()):
 
         command = submit.write(plan.cfg, folder)
     return folder, launch.prepare(plan.cfg, plan.hardware, folder, plan.resolution.hidden_size, tuple(overrides),
-                                  command=command)
+                                  command=command, user_launcher=plan.user_launcher)

@@ -12,10 +12,12 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from launcher import run_dir as runs
-from launcher.config.errors import Problem
+from launcher.config.errors import EXIT_CONFIG, Problem
 from launcher.config.schema import REDACTED, RunConfig
+from launcher.distributed import deepspeed, external
 from launcher.distributed.backends import BACKENDS, world_size  # noqa: F401 (world_size: callers')
 from launcher.distributed.supervise import PREEMPTED  # noqa: F401  (the CLI reads it here)
 from launcher.hardware import Hardware
@@ -24,12 +26,14 @@ ACCELERATE_FILE = "accelerate_config.yaml"
 LAUNCH_FILE = "launch.json"
 
 
-def check(cfg: RunConfig, hw: Hardware, why_chosen: str = "") -> tuple[list[Problem], list[str]]:
+def check(cfg: RunConfig, hw: Hardware, why_chosen: str = "",
+          user_launcher: external.World | None = None) -> tuple[list[Problem], list[str]]:
     """What the resolved backend refuses or states: combinations that fail late (or silently) once the workers
-    run become errors, or a stated note, at plan time."""
+    run become errors, or a stated note, at plan time. `user_launcher`: the world of the user's own launcher the
+    run is planned for (its DeepSpeed settings are checked against the training ones)."""
     d, quant = cfg.distributed, cfg.quantization.mode
     spec = BACKENDS[d.backend]
-    problems, notes = [], []
+    problems, notes = external.check(cfg, user_launcher) if user_launcher is not None else ([], [])
     world = world_size(cfg)
     if (d.num_processes is not None and d.num_processes < 1) or d.num_nodes < 1:
         problems.append(Problem("distributed.num_processes / distributed.num_nodes", "must be at least 1"))
@@ -168,18 +172,28 @@ class Launch:
 
 
 def prepare(cfg: RunConfig, hw: Hardware, run_dir: Path, hidden_size: int | None,
-            overrides: tuple[str, ...] = (), command: list[str] | None = None) -> Launch:
+            overrides: tuple[str, ...] = (), command: list[str] | None = None,
+            user_launcher: external.World | None = None) -> Launch:
     """Write what the launchers and the Trainer read into the run folder (accelerate_config.yaml, the backend's
     own files such as deepspeed.json, launch.json) and return the command and environment of this node.
-    `command`: what starts the run instead, recorded in launch.json (Slurm: the sbatch line)."""
+    `command`: what starts the run instead, recorded in launch.json (Slurm: the sbatch line). `user_launcher`: the
+    user's own launcher started the ranks (launch.json records it; their DeepSpeed JSON goes into deepspeed.json)."""
     spec = BACKENDS[cfg.distributed.backend]
     runs.write_yaml(run_dir / ACCELERATE_FILE, accelerate_config(cfg, hw, run_dir))
-    for name, content in spec.files(cfg, world_size(cfg), hidden_size, hw.gpus > 0).items():
+    files = spec.files(cfg, world_size(cfg), hidden_size, hw.gpus > 0)
+    if user_launcher is not None and deepspeed.FILE_NAME in files:
+        files[deepspeed.FILE_NAME] = external.merge_deepspeed(files[deepspeed.FILE_NAME],
+                                                              external.their_deepspeed(user_launcher)[0])
+    for name, content in files.items():
         runs.write_json(run_dir / name, content)
+    if user_launcher is not None:
+        command = shlex.split(user_launcher.command) or [user_launcher.started_by]
     command = command or node_command(cfg, run_dir)
-    runs.write_json(run_dir / LAUNCH_FILE, {"command": render(command), "backend": cfg.distributed.backend,
-                                             "world_size": world_size(cfg), "hardware": hw.kind,
-                                             "overrides": [redacted(o) for o in overrides]})
+    record = {"command": render([redacted(word) for word in command]), "backend": cfg.distributed.backend,
+              "world_size": world_size(cfg), "hardware": hw.kind, "overrides": [redacted(o) for o in overrides]}
+    if user_launcher is not None:
+        record["started_by"] = user_launcher.started_by
+    runs.write_json(run_dir / LAUNCH_FILE, record)
     return Launch(command, environment(cfg, hw, run_dir))
 
 
@@ -191,6 +205,35 @@ def run(launch: Launch, extra_env: dict | None = None) -> int:
 
     with console.launcher_stderr():
         return supervise.run(launch.command, {**launch.env, **(extra_env or {})})
+
+
+def user_launcher() -> external.World | None:
+    """The world of the user's own launcher (torchrun, accelerate launch) when `train` runs as one of its ranks;
+    None when `train` is to launch the workers itself."""
+    return external.from_environment()
+
+
+def train_as_rank(world: external.World, plan_and_write: Callable[[], Path | None]) -> int:
+    """`train` as one rank of the user's launcher (launcher.distributed.external): rank 0 plans and writes the run
+    folder (`plan_and_write` prints the plan or the report and returns the folder, or None), then every rank execs
+    the worker of that world. Returns only when this rank cannot train: 2 for the configuration, else 1."""
+    if world.refusal:
+        if world.rank == 0:
+            print(f"Cannot train under this launcher: {world.refusal}", file=sys.stderr)
+        return EXIT_CONFIG
+    if world.handoff:  # accelerate's one process of a MULTI_CPU world becomes torchrun with all of them
+        external.hand_off(world, sys.argv, os.environ)
+    try:
+        folder = external.agree_on_run_folder(world, plan_and_write)
+    except external.RankError as err:
+        print(err, file=sys.stderr)
+        return 1
+    if folder is None:
+        return EXIT_CONFIG
+    cfg = runs.read_config(folder)
+    base = external.worker_environment(os.environ, cfg, folder)
+    external.become_worker(folder, environment(cfg, Hardware.detect(), folder, base))
+    return 1  # not reached: the worker replaced this process
 
 
 def redacted(override: str) -> str:
