@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -78,3 +79,18 @@ def train(base: Path, name: str, *overrides: str, env: dict | None = None, probe
                          capture_output=True, text=True, timeout=TIMEOUT)
     seconds = time.monotonic() - start
     return Run(run_dir, probe_dir, out.returncode, out.stdout + out.stderr, seconds, read_probes(probe_dir))
+
+
+def max_weight_diff(a: Path, b: Path, file: str = "model.safetensors") -> float:
+    """The largest difference between the same weights of two run folders (the files must hold the same names)."""
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / file)), load_file(str(b / file))
+    assert wa.keys() == wb.keys() and wa
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

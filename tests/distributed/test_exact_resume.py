@@ -14,9 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tests.distributed.conftest import TIMEOUT, cli_env, train, train_command
+from tests.distributed.conftest import TIMEOUT, cli_env, max_weight_diff, train, train_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 STEPS = 12
@@ -38,14 +37,8 @@ def whole(base) -> dict:
             "ddp": train(base, "whole-ddp", *ARGS, *DDP, probe=False).ok().run_dir}
 
 
-def adapter(run_dir: Path) -> dict:
-    return load_file(str(run_dir / "adapter_model.safetensors"))
-
-
 def max_diff(a: Path, b: Path) -> float:
-    wa, wb = adapter(a), adapter(b)
-    assert wa.keys() == wb.keys() and wa
-    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    return max_weight_diff(a, b, "adapter_model.safetensors")
 
 
 def state(run_dir: Path) -> dict:

@@ -20,7 +20,7 @@ from collections import Counter
 
 import pytest
 
-from tests.distributed.conftest import TIMEOUT, cli_env, read_probes, train, train_command
+from tests.distributed.conftest import TIMEOUT, cli_env, free_port, read_probes, train, train_command
 
 pytestmark = pytest.mark.slow
 
@@ -214,12 +214,6 @@ def test_a_failing_rank_ends_the_job_promptly_with_its_traceback(base):
 
 # ---- two nodes, simulated on one machine
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -233,7 +227,7 @@ def test_two_nodes_meet_at_the_rendezvous_with_the_commands_plan_prints(base):
     from launcher.planning import make_plan
     from launcher.report import render_plan
 
-    run_dir, probe_dir, port = base / "nodes", base / "nodes-probe", _free_port()
+    run_dir, probe_dir, port = base / "nodes", base / "nodes-probe", free_port()
     overrides = ("distributed=ddp", "distributed.num_nodes=2", "distributed.num_processes=1",
                  "distributed.main_process_ip=127.0.0.1", f"distributed.main_process_port={port}",
                  f"training.max_steps={DS_STEPS}")
