@@ -9,7 +9,7 @@ from pathlib import Path
 
 from launcher.config.schema import RunConfig
 from launcher.data.files import locate
-from launcher.run_dir import write_json
+from launcher import atomic
 
 PACKAGES = ("tunelaunch", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed",
             "bitsandbytes", "flash-attn")
@@ -42,5 +42,6 @@ def data_hash(cfg: RunConfig) -> dict:
 def write(folder: Path, cfg: RunConfig, metrics: dict) -> None:
     launch_file = folder / "launch.json"
     launch = json.loads(launch_file.read_text()) if launch_file.is_file() else {}
-    write_json(folder / "manifest.json", {"versions": versions(), "data": data_hash(cfg), "launch": launch,
-                                          "metrics": metrics})
+    # (not run_dir.write_json: run_dir reads data_hash from here, and the two must not import each other)
+    atomic.write_text(folder / "manifest.json", json.dumps({"versions": versions(), "data": data_hash(cfg), "launch": launch,
+                                          "metrics": metrics}, indent=2, default=str))

@@ -77,7 +77,7 @@ def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware 
     dir_problems, dir_notes = check_run_dir(cfg)
     problems += data.problems + resolution.problems + launch_problems + dir_problems
     if problems:
-        raise ConfigError(problems, composed.source, composed.origin)
+        raise ConfigError(problems, composed.source, composed.origin, composed.places)
     notes = (composed.notes + adopted_notes + unused_keys(cfg) + data.notes + resolution.notes + launch_notes
              + dir_notes)
     plan = Plan(cfg, hw, data, resolution, notes, user_launcher=user_launcher)
@@ -95,11 +95,9 @@ def write_run(plan: Plan, overrides=()):
     training_params.json, what the launchers read (launcher.distributed.launch.prepare) and, for Slurm, the batch
     scripts (launcher.cluster.submit.write). Returns the folder and how it starts."""
     from launcher import run_dir as runs
-    from launcher.config.autotrain import training_params
 
     folder = runs.open_run_dir(plan.cfg)
-    runs.write_config(folder, plan.cfg)
-    runs.write_json(folder / "training_params.json", training_params(plan.cfg))
+    runs.write_run_config(folder, plan.cfg)  # a resume's config.yaml is replaced only once the worker resumed
     command = None
     if plan.cfg.cluster.kind == "slurm":
         from launcher.cluster import submit

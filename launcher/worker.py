@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
     from launcher.callbacks import plot_loss_curve
     from launcher.methods import METHODS
 
-    cfg = runs.read_config(folder)
+    cfg = runs.read_run_config(folder)  # a resume's new configuration, pending until the checkpoint is loaded
     if not runtime.is_main() and not os.environ.get("TUNELAUNCH_LOG_ALL_RANKS"):
         # Rank 0 speaks for the job; the others print warnings and errors (their tracebacks) only, instead of
         # repeating every line once per process. TUNELAUNCH_LOG_ALL_RANKS=1 shows every rank's lines (debugging).
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
 
     if runtime.local_rank() == 0:  # no rank saves before training starts
         checkpointing.remove_partial_checkpoints(folder)
-    resume = runs.latest_checkpoint(folder)
+    resume = runs.resume_checkpoint(folder, cfg.training.resume_from)
     if runtime.is_main():
         runs.write_state(folder, "running", resumed_from=resume.name if resume else None)
     import torch
@@ -78,7 +78,10 @@ def main(argv: list[str]) -> int:
         log.info("done in %.0f s: %s", time.time() - started, metrics)
     except BaseException as err:
         if runtime.is_main():
-            runs.write_state(folder, "failed", error=f"{type(err).__name__}: {err}"[:500])
+            # A resume that never started forgets its configuration: config.yaml still describes the checkpoints.
+            unstarted = resume.name if resume is not None and runs.drop_pending_config(folder) else None
+            runs.write_state(folder, "failed", error=f"{type(err).__name__}: {err}"[:500],
+                             resume_not_started=unstarted)
         runtime.abort()  # no barrier: the other ranks may never reach it, and the job would hang
         raise
     finally:

@@ -38,7 +38,7 @@ def run(run_dir: Path) -> int:
     from launcher.hardware import Hardware
 
     run_dir = Path(run_dir).resolve()
-    cfg = runs.read_config(run_dir)
+    cfg = runs.read_run_config(run_dir)  # a resume: the configuration it starts with (config.yaml until then)
     rank = int(os.environ["SLURM_NODEID"])  # read here, inside the task: each node gets its own
     host, port = endpoint()
     command = node_command(cfg, run_dir, node_rank=rank, endpoint=(host, port))

@@ -52,6 +52,11 @@ class ColumnMapping:
     label_column: Optional[str] = None
     """kto: column holding each completion's label, true/1 (desirable) or false/0 (undesirable); null = `label`.
     With kto, text_column names the completion column. (AutoTrain has no such column.)"""
+    roles: dict[str, Literal["system", "user", "assistant"]] = field(default_factory=dict)
+    """Chat data: the role each speaker name in your messages plays, e.g. `data.column_mapping.roles.bot=assistant`
+    or `data.column_mapping.roles={human: user, gpt: assistant}`. ShareGPT's names need no mapping: human = user,
+    gpt = assistant, function_call = assistant, tool and observation = user (shown, never trained).
+    (AutoTrain has no such mapping.)"""
 
 
 @dataclass
@@ -64,9 +69,14 @@ class DataConfig:
     """Validation split, or null for none. [valid_split]"""
     num_validation_samples: int = 0
     """With no valid_split: hold out this many rows from the TAIL of train for validation (0 = no validation)."""
+    validation_fraction: Optional[float] = None
+    """Hold out this fraction of the training rows for validation, in (0, 0.5]: drawn at random with
+    training.seed (the same rows on every run and every process); training uses the rest. It replaces
+    valid_split (which is then not read) and cannot be combined with num_validation_samples. null = off."""
     format: Literal["auto", "text", "messages", "prompt_completion", "alpaca", "preference", "unpaired",
                     "unpaired_messages"] = "auto"
-    """Row format. auto detects it from the columns: `text`, chat `messages` (list of {role, content}),
+    """Row format. auto detects it from the columns: `text`, chat `messages` (list of {role, content}; ShareGPT's
+    `conversations` of {from, value} is read as messages),
     `prompt`/`completion`, Alpaca `instruction`/`input`/`output`, preference `prompt`/`chosen`/`rejected`,
     unpaired (kto) `prompt`/`completion`/`label` or `messages`/`label`."""
     chat_template: str = "none"
@@ -116,9 +126,11 @@ class TrainerConfig:
     loss_type: Union[str, list[str]] = "sigmoid"
     """dpo: the loss, one of trl's DPOConfig.loss_type: sigmoid (DPO), hinge (SLiC), ipo, exo_pair, nca_pair,
     robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm. A list
-    sums several, weighted by loss_weights: [sigmoid, bco_pair, sft] with weights [0.8, 0.2, 1.0] is MPO."""
+    sums several, weighted by loss_weights: [sigmoid, bco_pair, sft] with weights [0.8, 0.2, 1.0] is MPO. Write a
+    list `trainer.loss_type=[sigmoid,sft]`, `"trainer.loss_type='sigmoid,sft'"` or as a YAML list."""
     loss_weights: Optional[list[float]] = None
-    """dpo: one weight per loss_type entry; null = 1.0 each."""
+    """dpo: one weight per loss_type entry; null = 1.0 each. Write `trainer.loss_weights=[0.8,0.2]`,
+    `"trainer.loss_weights='0.8,0.2'"` or a YAML list."""
     label_smoothing: float = 0.0
     """dpo (robust, exo_pair, aot, aot_unpaired), cpo, simpo: the assumed chance that a pair's preference is
     flipped, in [0, 0.5). exo_pair needs it above 0 (its paper: 1e-3); robust DPO's paper suggests 0.1."""
@@ -173,12 +185,23 @@ class TrainingConfig:
     costs 8-12x the time for nothing). [disable_gradient_checkpointing: true = false]"""
     eval_strategy: Literal["no", "steps", "epoch"] = "epoch"
     """When to evaluate on the validation split (ignored without one). [eval_strategy]"""
+    eval_steps: Optional[int] = None
+    """Evaluation interval when eval_strategy is steps; null = save_steps (the plan says so), so that every
+    checkpoint has its evaluation."""
     save_strategy: Literal["no", "steps", "epoch"] = "epoch"
     """When to write a checkpoint (a restarted run resumes from the newest complete one)."""
     save_steps: int = 500
     """Checkpoint interval when save_strategy is steps."""
     save_total_limit: int = 1
     """Checkpoints kept on disk. [save_total_limit]"""
+    resume_from: str = "latest"
+    """Which checkpoint an unfinished run in project_name resumes from: latest (the newest complete one), none
+    (start over; on an unfinished run only with overwrite=true, which moves it aside), or `checkpoint-N` (its name
+    or path inside the run folder). A resume keeps what training computes (model, data, method, LoRA shape,
+    precision, world size, batch, optimiser and schedule: `plan` refuses a change and lists it) and may change how
+    long and how often (max_steps, epochs, logging, saving, evaluation, cluster and hub settings: `plan` notes
+    them); the lists are launcher/run_dir.py RESUME_REFUSES and RESUME_MAY_CHANGE. The run folder's config.yaml
+    becomes the new one only once training has resumed from the checkpoint."""
     auto_find_batch_size: bool = False
     """Halve the batch size on out-of-memory errors and retry. [auto_find_batch_size]"""
     validation_prompt: Optional[str] = None
@@ -198,8 +221,10 @@ class PeftConfig:
     """LoRA scaling numerator (the update is scaled by alpha / r). [lora_alpha]"""
     dropout: float = 0.05
     """Dropout on the LoRA input. [lora_dropout]"""
-    target_modules: str = "all-linear"
-    """Modules that get adapters: all-linear, or a comma-separated list of module names. [target_modules]"""
+    target_modules: Union[str, list[str]] = "all-linear"
+    """Modules that get adapters: all-linear, or a list of module names, written
+    `peft.target_modules=[q_proj,v_proj]`, `"peft.target_modules='q_proj,v_proj'"` (quoted: Hydra reads a bare
+    comma as a sweep) or a YAML list in a --config file. [target_modules]"""
     merge_adapter: bool = False
     """Merge the adapter into the base weights when saving (a failed merge is an error). [merge_adapter]"""
     use_dora: bool = False
@@ -216,13 +241,16 @@ class PeftConfig:
     modules_to_save: list[str] = field(default_factory=list)
     """Modules trained in full and saved with the adapter, by name, e.g. [lm_head, embed_tokens] (new chat
     template tokens then get trained embeddings); they cost gradients and optimizer states like a full fine-tune
-    of their size. Merging puts them into the merged model."""
+    of their size. Merging puts them into the merged model. Write `peft.modules_to_save=[lm_head,embed_tokens]`,
+    `"peft.modules_to_save='lm_head,embed_tokens'"` or a YAML list."""
 
     def target_list(self) -> Union[str, list[str]]:
         """target_modules as peft takes it: "all-linear", or the list of module names."""
-        if self.target_modules == "all-linear":
+        if self.target_modules in ("all-linear", ["all-linear"]):
             return "all-linear"
-        return [t.strip() for t in self.target_modules.split(",") if t.strip()]
+        if isinstance(self.target_modules, list):
+            return list(self.target_modules)
+        return [self.target_modules]  # one name (a comma-separated string was split when the config was read)
 
 
 @dataclass
@@ -295,7 +323,8 @@ class ContainerConfig:
     apptainer a `.sif` file or a URI it accepts."""
     mounts: list[str] = field(default_factory=list)
     """More host paths to mount, `SRC` or `SRC:DST` (the run folder, the working folder, the data, the data
-    cache, a local model and the log folder are mounted at the same paths without asking)."""
+    cache, a local model and the log folder are mounted at the same paths without asking). Write
+    `cluster.container.mounts=[/data,/scratch:/tmp]`, quoted `'/data,/scratch:/tmp'` or a YAML list."""
     workdir: Optional[str] = None
     """Working folder inside the container; null = the folder `submit` ran in (mounted)."""
     mount_home: bool = True
@@ -313,8 +342,10 @@ class ClusterConfig:
     nodes: int = 1
     """Slurm nodes; each runs one launcher that starts distributed.num_processes workers. Sets
     distributed.num_nodes."""
-    gpus_per_node: int = 0
-    """GPUs requested per node (`--gpus-per-node`); 0 = CPU nodes. distributed.num_processes follows it."""
+    gpus_per_node: Optional[int] = None
+    """GPUs requested per node (`--gpus-per-node`); distributed.num_processes follows it. null = none asked for:
+    CPU nodes, and `plan` warns (a job meant for GPUs that forgot them trains in fp32 on CPUs); 0 = CPU nodes on
+    purpose, without the warning."""
     gpu_memory_gib: Optional[float] = None
     """Memory of one of the nodes' GPUs, for the memory estimate and distributed=auto (null = unknown: DDP)."""
     bf16: bool = True
@@ -359,12 +390,13 @@ class ClusterConfig:
     env: dict[str, str] = field(default_factory=dict)
     """Environment variables exported on every node before training: NCCL_*, FI_*, HF_HOME, ... Set one with
     `cluster.env.NCCL_DEBUG=INFO`."""
-    extra_directives: list[str] = field(default_factory=list)
+    extra_directives: list[str] = field(default_factory=list, metadata={"split_text": False})
     """More `#SBATCH` options, written as given, e.g. ["--begin=now+1hour"]. No shell variables: Slurm does not
     expand them in #SBATCH lines."""
-    setup: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list, metadata={"split_text": False})
     """Shell lines run on every node before training (inside the container when there is one): module loads,
-    `source .venv/bin/activate`, `conda activate env`."""
+    `source .venv/bin/activate`, `conda activate env`. A list, one item per line (a comma inside a line stays):
+    `"cluster.setup=['module load cuda','source .venv/bin/activate']"` or a YAML list."""
     container: ContainerConfig = field(default_factory=ContainerConfig)
     """A container the training runs in on every node (pyxis/enroot or Apptainer)."""
     wrapper: Optional[str] = None
@@ -410,11 +442,14 @@ class ClusterConfig:
 
 @dataclass
 class RunConfig:
-    project_name: str = "project-name"
-    """Name of the run and its output folder (a relative path is taken from the working directory). [project_name]"""
+    project_name: str = ""
+    """Name of the run and its output folder (a relative path is taken from the working directory); empty =
+    `runs/<method>-<data>` (`runs/sft-chat` for data.path=samples/chat), stated by `plan`. [project_name]"""
     overwrite: bool = False
     """Start over when project_name holds a finished run: the old run is moved aside to
-    `<project_name>.old-<time>`, never deleted. Without it a finished run is an error; an unfinished one resumes."""
+    `<project_name>.old-<time>`, never deleted. Without it a finished run is an error; an unfinished one resumes
+    (training.resume_from). On an unfinished run it starts over (moving it aside) only when it cannot be resumed:
+    with training.resume_from=none, or a configuration that changes what its checkpoints were trained on."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The base model."""
     data: DataConfig = field(default_factory=DataConfig)

@@ -230,7 +230,7 @@ def train_as_rank(world: external.World, plan_and_write: Callable[[], Path | Non
         return 1
     if folder is None:
         return EXIT_CONFIG
-    cfg = runs.read_config(folder)
+    cfg = runs.read_run_config(folder)  # a resume: the configuration it starts with
     base = external.worker_environment(os.environ, cfg, folder)
     external.become_worker(folder, environment(cfg, Hardware.detect(), folder, base))
     return 1  # not reached: the worker replaced this process

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 from launcher.checkpointing import prepare_trainer
 from launcher.config.schema import RunConfig
@@ -40,7 +43,7 @@ def training_kwargs(cfg: RunConfig, run_dir: Path, train_rows: int, has_eval: bo
         use_liger_kernel=cfg.model.liger_kernel is True,
         torch_compile=cfg.model.compile,
         eval_strategy=eval_strategy,
-        eval_steps=t.save_steps if eval_strategy == "steps" else None,
+        eval_steps=(t.eval_steps or t.save_steps) if eval_strategy == "steps" else None,
         save_strategy=t.save_strategy,
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
@@ -91,11 +94,51 @@ def save_final(trainer, cfg: RunConfig, run_dir: Path, tokenizer) -> str:
     return kind
 
 
+class ProgressFromCheckpoint(TrainerCallback):
+    """transformers' progress bar of a resumed run counts to the new total but starts at 0 and jumps to the
+    checkpoint's step on the first step (with a rate counting the skipped steps); start it at that step instead:
+    4/6 when checkpoint-4 is resumed with max_steps=6."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from transformers.trainer_callback import ProgressCallback
+
+        for callback in self.trainer.callback_handler.callbacks:
+            bar = getattr(callback, "training_bar", None)
+            if isinstance(callback, ProgressCallback) and bar is not None:
+                bar.n = bar.initial = bar.last_print_n = state.global_step  # tqdm's rate counts from `initial`
+                callback.current_step = state.global_step
+                bar.refresh()
+
+
+class PromoteConfigOnResume(TrainerCallback):
+    """on_train_begin comes after the Trainer has loaded the checkpoint's weights, optimizer, scheduler and
+    trainer state: only then does the resume's configuration replace the run folder's config.yaml (until then
+    it still describes the checkpoints beside it)."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig):
+        self.run_dir, self.cfg = Path(run_dir), cfg
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from launcher import run_dir as runs
+
+        if os.environ.get("TUNELAUNCH_FAIL_BEFORE_RESUME"):  # tests: a resume that dies before it has resumed
+            raise RuntimeError("TUNELAUNCH_FAIL_BEFORE_RESUME is set: failing before the resume starts")
+        if runtime.is_main() and runs.promote_pending_config(self.run_dir, self.cfg):
+            log.info("resumed at step %d of %d: config.yaml now holds this run's configuration", state.global_step,
+                     state.max_steps)
+
+
 def train_and_save(trainer, cfg: RunConfig, run_dir: Path, tokenizer, resume_from: str | None, data,
                    **metrics) -> dict:
     """Train (from the checkpoint to resume, if any), save, and return the metrics every trainer reports plus
     its own."""
     stop = prepare_trainer(trainer)  # exact resume, atomic checkpoints, stop on a signal
+    if resume_from:
+        trainer.add_callback(ProgressFromCheckpoint(trainer))
+        trainer.add_callback(PromoteConfigOnResume(run_dir, cfg))
     result = trainer.train(resume_from_checkpoint=resume_from)
     if stop.stopped_at is not None:  # a complete checkpoint was written at this step; the run is unfinished
         return {"preempted": True, "global_step": stop.stopped_at, "train_loss": result.training_loss}
