@@ -5,15 +5,13 @@ users fixing a config want the whole list at once, with did-you-mean hints.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
-import inspect
 import types
 import typing
 from typing import Any, Literal, Union
 
 from launcher.config.errors import Problem, did_you_mean
+from launcher.config.keys import field_docs, walk_fields  # noqa: F401  (callers import them from here too)
 
 
 def from_dict(cls: type, data: Any, prefix: str = "") -> tuple[Any, list[Problem]]:
@@ -31,7 +29,8 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> tuple[Any, list[Problem
         if key not in fields:
             problems.append(Problem(path, unknown_key_message(str(key), list(fields), prefix)))
             continue
-        value, errs = _convert(hints[key], raw, path)
+        # Shell lines and #SBATCH options may hold commas of their own: a string there is never split.
+        value, errs = _convert(hints[key], raw, path, split_text=fields[key].metadata.get("split_text", True))
         problems += errs
         # A section keeps its good values beside the bad ones, so the cross-field rules still see them.
         if not errs or dataclasses.is_dataclass(hints[key]):
@@ -40,11 +39,22 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> tuple[Any, list[Problem
 
 
 def unknown_key_message(key: str, known: list[str], prefix: str = "") -> str:
-    hint = did_you_mean(key, known, prefix=prefix) or f" Known keys here: {', '.join(sorted(known))}."
-    return f"unknown key.{hint}"
+    """A name one of our keys goes by elsewhere (AutoTrain's, another tool's: `training.learning_rate`) is the
+    surest hint; then a near sibling; then a near name of any key; then the list of this section's keys."""
+    from launcher.config import aliases
+
+    written = prefix + key
+    named = aliases.key_named(written)
+    if named and named != written:
+        return f"unknown key. Did you mean '{named}'?"
+    hint = did_you_mean(key, known, prefix=prefix)
+    if not hint and (close := aliases.closest_key(written)):
+        hint = f" Did you mean '{close}'?"
+    return f"unknown key.{hint or ' Known keys here: ' + ', '.join(sorted(known)) + '.'}"
 
 
-def _convert(tp: Any, raw: Any, path: str) -> tuple[Any, list[Problem]]:
+def _convert(tp: Any, raw: Any, path: str, split_text: bool = True) -> tuple[Any, list[Problem]]:
+    """`raw` as type `tp`. With split_text, a list may be given as comma-separated text (`'q_proj,v_proj'`)."""
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, raw, path + ".")
     origin = typing.get_origin(tp)
@@ -52,10 +62,13 @@ def _convert(tp: Any, raw: Any, path: str) -> tuple[Any, list[Problem]]:
         options = typing.get_args(tp)
         if raw is None and type(None) in options:
             return None, []
+        # `loss_type='sigmoid,sft'` is the list typed as text: try the list before the plain text.
+        if split_text and isinstance(raw, str) and "," in raw:
+            options = sorted(options, key=lambda option: typing.get_origin(option) is not list)
         for option in options:
             if option is type(None):
                 continue
-            value, errs = _convert(option, raw, path)
+            value, errs = _convert(option, raw, path, split_text)
             if not errs:
                 return value, []
         return None, [Problem(path, f"got {_show(raw)}, expected {describe_type(tp)}")]
@@ -66,6 +79,8 @@ def _convert(tp: Any, raw: Any, path: str) -> tuple[Any, list[Problem]]:
         hint = did_you_mean(raw, allowed, cutoff=0.5)
         return None, [Problem(path, f"got {_show(raw)}, expected one of: {', '.join(map(str, allowed))}.{hint}")]
     if origin is list:
+        if split_text and isinstance(raw, str):
+            raw = split_comma_list(raw)
         if not isinstance(raw, (list, tuple)):
             return None, [Problem(path, f"got {_show(raw)}, expected a list of {describe_type(typing.get_args(tp)[0])}")]
         items, problems = [], []
@@ -109,6 +124,11 @@ def _convert(tp: Any, raw: Any, path: str) -> tuple[Any, list[Problem]]:
     raise TypeError(f"schema type {tp!r} at {path} is not supported")  # a schema bug, not a user error
 
 
+def split_comma_list(text: str) -> list[str]:
+    """`'q_proj, v_proj'` -> [q_proj, v_proj]: the quoted form of a list on the command line."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def describe_type(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -126,30 +146,3 @@ def describe_type(tp: Any) -> str:
 
 def _show(raw: Any) -> str:
     return f"{type(raw).__name__} {raw!r}" if not isinstance(raw, (dict, list)) else type(raw).__name__
-
-
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The attribute docstrings of a dataclass (the string literal under each field)."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    docs = {}
-    for stmt, nxt in zip(body, body[1:]):
-        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
-            docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
-    return docs
-
-
-def walk_fields(cls: type, prefix: str = ""):
-    """Yield (dotted key, type, default, doc) for every leaf field of a dataclass tree."""
-    hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            yield from walk_fields(tp, f"{prefix}{f.name}.")
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            yield f"{prefix}{f.name}", tp, default, docs.get(f.name, "")

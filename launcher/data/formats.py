@@ -6,12 +6,19 @@ from __future__ import annotations
 import ast
 import json
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 from launcher.config.schema import DataConfig
 from launcher.methods import METHODS
 
 ROLES = ("system", "user", "assistant")
+# ShareGPT rows hold the conversation in a `conversations` column, each turn {from, value} (or {role, content}).
+SHAREGPT_COLUMN = "conversations"
+# The roles ShareGPT's speaker names play. Tool output (tool, observation) has no role of its own in the chat
+# templates (alpaca would train on it as a reply), so it is shown to the model as a user turn and never trained;
+# the model's tool call (function_call) is its own reply. data.column_mapping.roles adds or overrides names.
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "tool": "user", "observation": "user",
+                  "function_call": "assistant"}
 
 
 @dataclass(frozen=True)
@@ -77,12 +84,19 @@ def rename_map(cfg: DataConfig, trainer: str) -> dict[str, str]:
 
 
 def apply_aliases(columns: list[str], trainer: str) -> dict[str, str]:
-    """Renames that make AutoTrain's preference columns (text, rejected_text) canonical, when unambiguous."""
+    """Renames that make ShareGPT's `conversations` column and AutoTrain's preference columns (text,
+    rejected_text) canonical, when unambiguous."""
+    aliases = {SHAREGPT_COLUMN: "messages"} if is_sharegpt(columns) else {}
     if not METHODS[trainer].pairs or "chosen" in columns or "rejected" in columns:
-        return {}
+        return aliases
     if not set(PREFERENCE_ALIASES) <= set(columns):
-        return {}
-    return dict(PREFERENCE_ALIASES)
+        return aliases
+    return {**aliases, **PREFERENCE_ALIASES}
+
+
+def is_sharegpt(columns: list[str]) -> bool:
+    """ShareGPT rows: a `conversations` column and no `messages` column it would clash with."""
+    return SHAREGPT_COLUMN in columns and "messages" not in columns
 
 
 def detect(columns: list[str], cfg: DataConfig, trainer: str, first_row: dict) -> Optional[Format]:
@@ -101,16 +115,17 @@ def detect(columns: list[str], cfg: DataConfig, trainer: str, first_row: dict) -
     return None
 
 
-def normalise(row: dict, fmt: Format, label_column: str = "label") -> dict:
-    """One row in canonical columns; raises RowError when it does not fit (naming the label by the user's column)."""
+def normalise(row: dict, fmt: Format, label_column: str = "label", roles: Mapping[str, str] = {}) -> dict:
+    """One row in canonical columns; raises RowError when it does not fit (naming the label by the user's column).
+    `roles` maps the data's speaker names to chat roles (data.column_mapping.roles)."""
     if fmt.name == "messages":
         value = row.get("messages", row.get("text"))
-        return {"messages": parse_messages(value)}
+        return {"messages": parse_messages(value, roles=roles)}
     if fmt.name == "alpaca":
         return {"instruction": _text(row, "instruction", fmt), "input": row.get("input") or "",
                 "output": _text(row, "output", fmt)}
     if fmt.name == "unpaired_messages":
-        return {**_split_conversation(parse_messages(row.get("messages"))),
+        return {**_split_conversation(parse_messages(row.get("messages"), roles=roles)),
                 "label": parse_label(row.get("label"), label_column)}
     out = {}
     for col in fmt.columns:
@@ -119,7 +134,7 @@ def normalise(row: dict, fmt: Format, label_column: str = "label") -> dict:
             out[col] = parse_label(value, label_column)
         elif fmt.name in ("preference", "reward_pair", "unpaired") and _is_messages(value):
             try:
-                out[col] = parse_messages(value, need_assistant=col != "prompt")
+                out[col] = parse_messages(value, need_assistant=col != "prompt", roles=roles)
             except RowError as err:
                 raise RowError(f"{col}: {err}") from None
         else:
@@ -127,21 +142,37 @@ def normalise(row: dict, fmt: Format, label_column: str = "label") -> dict:
     return out
 
 
-def parse_messages(value, need_assistant: bool = True) -> list[dict]:
-    """A list of {role, content}; a string holding one (chat data in a CSV cell) is accepted as JSON or as
-    Python's repr (`[{'role': 'user', ...}]`, as AutoTrain's docs print it)."""
+def parse_messages(value, need_assistant: bool = True, roles: Mapping[str, str] = {}) -> list[dict]:
+    """A list of {role, content}, or ShareGPT's {from, value}; a string holding one (chat data in a CSV cell) is
+    accepted as JSON or as Python's repr (`[{'role': 'user', ...}]`, as AutoTrain's docs print it). Speaker
+    names become roles through `roles`, then ShareGPT's names (human, gpt, ...)."""
     if isinstance(value, str):
         value = _parse_list(value)
     if not isinstance(value, list) or not value:
-        raise RowError(f"messages: expected a non-empty list of {{role, content}}, got {type(value).__name__}")
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise RowError(f"messages[{i}]: expected {{role, content}}, got {m!r:.80}")
-        if m["role"] not in ROLES:
-            raise RowError(f"messages[{i}]: unknown role {m['role']!r}; use one of {', '.join(ROLES)}")
-    if need_assistant and not any(m["role"] == "assistant" for m in value):
+        raise RowError(f"messages: expected a non-empty list of {{role, content}} or {{from, value}}, "
+                       f"got {type(value).__name__}")
+    messages = [_parse_turn(i, turn, roles) for i, turn in enumerate(value)]
+    if need_assistant and not any(m["role"] == "assistant" for m in messages):
         raise RowError("messages: no assistant turn, so there is nothing to learn")
-    return [{"role": m["role"], "content": str(m["content"])} for m in value]
+    return messages
+
+
+def _parse_turn(i: int, turn, roles: Mapping[str, str]) -> dict:
+    """One turn as {role, content}, from {role, content} or ShareGPT's {from, value}."""
+    if isinstance(turn, dict) and "role" in turn and "content" in turn:
+        speaker, content = turn["role"], turn["content"]
+    elif isinstance(turn, dict) and "from" in turn and "value" in turn:
+        speaker, content = turn["from"], turn["value"]
+    else:
+        raise RowError(f"messages[{i}]: expected {{role, content}} or ShareGPT's {{from, value}}, got {turn!r:.80}")
+    if not isinstance(speaker, str):
+        raise RowError(f"messages[{i}]: the role should be text, got {speaker!r:.60}")
+    role = roles.get(speaker, SHAREGPT_ROLES.get(speaker, speaker))
+    if role not in ROLES:
+        mapped = f" (data.column_mapping.roles maps {speaker!r} to it)" if speaker in roles else ""
+        raise RowError(f"messages[{i}]: unknown role {role!r}{mapped}; use one of {', '.join(ROLES)}, or map the "
+                       f"name to one, e.g. data.column_mapping.roles.{speaker}=assistant")
+    return {"role": role, "content": str(content)}
 
 
 def parse_label(value, column: str = "label") -> bool:
@@ -189,7 +220,7 @@ def _is_messages(value) -> bool:
     if isinstance(value, list):
         return True
     return (isinstance(value, str) and value.lstrip().startswith("[{")
-            and ('"role"' in value or "'role'" in value))
+            and any(f'{q}{key}{q}' in value for key in ("role", "from") for q in "\"'"))
 
 
 def _text(row: dict, col: str, fmt: Format) -> str:

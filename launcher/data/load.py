@@ -8,6 +8,7 @@ before anything loads.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -16,7 +17,10 @@ from launcher.config.errors import Problem
 from launcher.config.schema import RunConfig
 from launcher.data import formats
 from launcher.methods import METHODS
-from launcher.data.files import DataFileError, SplitSource, locate, read_hub_rows, read_rows
+from launcher.data.files import (
+    DataFileError, SplitSource, locate, looks_like_hub_id, nearest_local_paths, read_hub_rows, read_rows,
+    respelled_local_path,
+)
 from launcher.data.templates import (
     BUILTIN, alpaca_messages, get_template, has_generation_markers, model_chat_template, model_special_tokens, render,
 )
@@ -47,12 +51,19 @@ def check_data(cfg: RunConfig) -> DataCheck:
     """Find, read and check the train and validation splits; every problem is collected."""
     out = DataCheck()
     d = cfg.data
-    for split_name, key in ((d.train_split, "data.train_split"), (d.valid_split, "data.valid_split")):
-        if split_name is None:
-            continue
+    out.problems += _validation_key_problems(cfg)
+    mistyped = _mistyped_path(d.path)
+    if mistyped is not None:
+        out.problems.append(mistyped)
+        return out
+    for split_name, key in _splits_to_read(cfg, out):
         source = locate(d.path, split_name)
         if source is None:
             out.problems.append(Problem(f"data.path / {key}", _not_found(d.path, split_name)))
+            continue
+        if key == "data.valid_split" and _same_rows(out.train, source):
+            # Checked before reading, so the file is read (and any problem in it reported) once.
+            out.problems.append(Problem("data.path / data.valid_split", _validation_is_training(d, source)))
             continue
         split = Split(split_name, source)
         if source.file is not None:
@@ -68,6 +79,28 @@ def check_data(cfg: RunConfig) -> DataCheck:
     _check_labels(cfg, out)
     _check_packing(cfg, out)
     return out
+
+
+def _splits_to_read(cfg: RunConfig, out: DataCheck) -> list[tuple[str, str]]:
+    """(split, key) pairs to read: train, and the validation split unless validation rows are held out of train
+    (validation_fraction replaces valid_split)."""
+    d = cfg.data
+    splits = [(d.train_split, "data.train_split")]
+    if d.valid_split is not None and d.validation_fraction is None:
+        splits.append((d.valid_split, "data.valid_split"))
+    elif d.valid_split is not None:
+        _note(out, f"data: valid_split '{d.valid_split}' is not read: validation_fraction holds out training rows "
+                   "instead")
+    return splits
+
+
+def _same_rows(train: Optional[Split], source: SplitSource) -> bool:
+    """Whether the validation source is the training source itself (one file, or one hub split)."""
+    if train is None:
+        return False
+    if train.source.file is not None and source.file is not None:
+        return train.source.file.resolve() == source.file.resolve()
+    return train.source == source
 
 
 def load_splits(cfg: RunConfig) -> DataCheck:
@@ -188,13 +221,17 @@ def _check_rows(cfg: RunConfig, split: Split, out: DataCheck, raw_rows: list | N
     if out.format and out.format != fmt.name:
         out.problems.append(Problem("data.valid_split", f"{where}: {fmt.name} rows, but train is {out.format}"))
     out.format = fmt.name
+    if rename.get(formats.SHAREGPT_COLUMN) == "messages":
+        _note(out, f"data: {where}: ShareGPT rows: the `conversations` column is read as chat messages (human -> "
+                   "user, gpt -> assistant; data.column_mapping.roles maps other speaker names)")
     if "label" in columns and fmt.name not in formats.UNPAIRED:
         _note(out, f"data: {where}: the {cfg.trainer.name} trainer does not read the column 'label' and trains on "
                    "every row, the undesirable ones too (trainer=kto learns from the labels)")
     errors = []
     for number, row in enumerate(rows, start=1):
         try:
-            split.rows.append(formats.normalise(row, fmt, cfg.data.column_mapping.label_column or "label"))
+            split.rows.append(formats.normalise(row, fmt, cfg.data.column_mapping.label_column or "label",
+                                                cfg.data.column_mapping.roles))
         except formats.RowError as err:
             errors.append(f"{where}: row {number}: {err}")
     _add_row_errors(out, where, errors)
@@ -304,9 +341,60 @@ def _prefix_preserving(jinja: str, conversation: list[dict], special: dict, full
     return True
 
 
+def _validation_key_problems(cfg: RunConfig) -> list[Problem]:
+    """validation_fraction: a fraction in (0, 0.5] (more would train on less than it validates on), and not
+    together with num_validation_samples (two answers to the same question)."""
+    d = cfg.data
+    if d.validation_fraction is None:
+        return []
+    problems = []
+    if d.num_validation_samples:
+        problems.append(Problem("data.num_validation_samples / data.validation_fraction", (
+            f"both hold out training rows for validation ({d.num_validation_samples} rows, and "
+            f"{d.validation_fraction}): set one, e.g. data.num_validation_samples=0")))
+    if not 0 < d.validation_fraction <= 0.5:
+        problems.append(Problem("data.validation_fraction", (
+            f"must be in (0, 0.5], got {d.validation_fraction}: e.g. 0.05 holds out 5% of the training rows "
+            "(null = no held-out rows)")))
+    return problems
+
+
+def _hold_out_fraction(cfg: RunConfig, out: DataCheck) -> None:
+    """validation_fraction: rows drawn at random with training.seed, so every run and every process of a run
+    holds out the same ones; both parts keep the file's order."""
+    fraction, seed = cfg.data.validation_fraction, cfg.training.seed
+    if _validation_key_problems(cfg) or out.train is None or out.valid is not None:
+        return  # (a problem is reported, or the rows are held out already)
+    share = f"{fraction * 100:g}% of {_split_name(out.train.source)}"
+    rows = out.train.rows
+    if not rows:  # a hub split: read by the worker (or `prepare`)
+        if out.train.source.hub_id:
+            _note(out, f"data: validation: {share} held out when the rows are read (seed {seed})")
+        return
+    n = max(1, round(len(rows) * fraction))
+    if n >= len(rows):
+        out.problems.append(Problem("data.validation_fraction", (
+            f"{fraction} of {len(rows)} rows leaves no training rows: give more rows, or set "
+            "data.validation_fraction=null")))
+        return
+    held = set(random.Random(seed).sample(range(len(rows)), n))
+    out.valid = Split("held-out", out.train.source, [r for i, r in enumerate(rows) if i in held])
+    out.train.rows = [r for i, r in enumerate(rows) if i not in held]
+    _note(out, f"data: validation: {share} held out ({n} rows, seed {seed}); training uses the other "
+               f"{len(out.train.rows)}")
+
+
+def _split_name(source: SplitSource) -> str:
+    return source.file.name if source.file is not None else source.describe()
+
+
 def _select_validation(cfg: RunConfig, out: DataCheck) -> None:
     """num_validation_samples: from the TAIL of train when there is no validation split (as the hosted
-    fine-tuning APIs do), from the head of the validation split otherwise."""
+    fine-tuning APIs do), from the head of the validation split otherwise. validation_fraction: drawn from
+    train."""
+    if cfg.data.validation_fraction is not None:
+        _hold_out_fraction(cfg, out)
+        return
     n = cfg.data.num_validation_samples
     if not n or out.train is None or not out.train.rows:
         return
@@ -385,6 +473,37 @@ def _not_found(path: str, split: str) -> str:
         return (f"no {split}.jsonl, {split}.csv or {split}.parquet in {p} (it holds: "
                 f"{', '.join(present) or 'nothing'})")
     return f"{path} does not exist (give a folder of <split>.jsonl|.csv|.parquet, a file, or a hub dataset id)"
+
+
+def _validation_is_training(d, source: SplitSource) -> str:
+    if Path(d.path).expanduser().is_file():
+        what = (f"{d.path} is a single file, so valid_split '{d.valid_split}' would read the same rows as "
+                "train_split")
+    else:
+        what = f"valid_split '{d.valid_split}' resolves to {source.describe()}, the training split itself"
+    return (f"{what}: validating on the training rows measures nothing. Give a folder holding one file per "
+            "split (<split>.jsonl|.csv|.parquet, e.g. train.jsonl and valid.jsonl), set data.valid_split=null (no "
+            "validation), or hold out part of the training rows: data.validation_fraction=0.05")
+
+
+def _mistyped_path(path: str) -> Optional[Problem]:
+    """A data.path that is neither a local file or folder nor a hub id (`org/name`) is a typo, not a hub
+    dataset: refused with the nearest local paths. An `org/name` that is not local stays a hub id (plan assumes
+    no network), unless correcting its spelling gives a local path, which is then far likelier meant."""
+    if Path(path).expanduser().exists():
+        return None
+    if looks_like_hub_id(path):
+        respelled = respelled_local_path(path)
+        if respelled is None:
+            return None
+        return Problem("data.path", (f"{path} is not a local folder or file. Did you mean {respelled}? (As it "
+                                     f"stands it would be read as the hub dataset id {path}.)"))
+    near = nearest_local_paths(path)
+    hint = f" Did you mean {' or '.join(near)}?" if near else " Nothing local is named like it."
+    return Problem("data.path", (
+        f"{path} is not a local folder or file.{hint} A name is taken as a hub dataset id only in the form "
+        "org/name (e.g. HuggingFaceH4/no_robots); otherwise give a folder of <split>.jsonl|.csv|.parquet or "
+        "one data file"))
 
 
 def _missing_mapped(cfg: RunConfig, where: str, missing: list[str], found: list[str]) -> str:
