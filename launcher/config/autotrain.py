@@ -25,6 +25,11 @@ def _none_as(default):
     return lambda value, notes: default if value is None else value
 
 
+def _comma_joined(value):
+    """AutoTrain writes a list of module names as one comma-separated string."""
+    return ",".join(value) if isinstance(value, list) else value
+
+
 def _flash(value, notes):
     return "flash_attention_2" if value else None  # None: keep our default (auto)
 
@@ -103,7 +108,7 @@ PARAMS: tuple[Param, ...] = (
           lambda v: None if v == "none" else v),
     Param("quantization", "int4", "quantization.mode", _none_as("none"),
           lambda v: None if v == "none" else v),
-    Param("target_modules", "all-linear", "peft.target_modules", _none_as("all-linear")),
+    Param("target_modules", "all-linear", "peft.target_modules", _none_as("all-linear"), _comma_joined),
     Param("merge_adapter", False, "peft.merge_adapter"),
     Param("peft", False, "peft.enabled"),
     Param("lora_r", 16, "peft.r"),
@@ -188,7 +193,7 @@ def translate(doc: dict) -> Translation:
 
     for key in doc:
         if key not in FILE_KEYS:
-            out.problems.append(Problem(key, _unknown(key, FILE_KEYS, "AutoTrain config keys")))
+            out.problems.append(Problem(key, _unknown_top_level(str(key))))
 
     backend = doc.get("backend", "local")
     if backend not in BACKENDS:
@@ -232,13 +237,12 @@ def translate(doc: dict) -> Translation:
             _set(out.values, HOSTED_BATCH[key], value)
             out.origin[HOSTED_BATCH[key]] = f"params.{key}"
         else:
-            out.problems.append(Problem(f"params.{key}", _unknown(key, [*PARAMS_BY_NAME, *HOSTED_BATCH],
-                                                                  "AutoTrain parameters")))
+            out.problems.append(Problem(f"params.{key}", _unknown_param(key)))
 
     task = doc.get("task")
     if task is not None:
         if task not in AUTOTRAIN_TASKS:
-            out.problems.append(Problem("task", _unknown(str(task), list(AUTOTRAIN_TASKS), "tasks")))
+            out.problems.append(Problem("task", _bad_value(task, list(AUTOTRAIN_TASKS))))
         elif AUTOTRAIN_TASKS[task] is not None:
             put("trainer", AUTOTRAIN_TASKS[task], "task")
     trainer = params.get("trainer", ("default", "default"))[0]
@@ -300,6 +304,34 @@ def _unknown(key: str, known, what: str = "keys") -> str:
     if hint:
         return f"unknown key.{hint}"
     return f"unknown. Known {what}: {', '.join(known)}."
+
+
+def _bad_value(value: Any, allowed: list) -> str:
+    """The key is right and its value is not: say so, with the values it takes."""
+    return f"unknown value {value!r}. Allowed values: {', '.join(allowed)}.{did_you_mean(value, allowed)}"
+
+
+def _unknown_param(key: str) -> str:
+    """`params.learning_rate`: another tool's name for one of ours is answered with AutoTrain's name for it."""
+    from launcher.config import aliases
+
+    ours = aliases.key_named(key)
+    by_key = {p.key: p.name for p in PARAMS}
+    if ours is not None and ours in by_key and by_key[ours] != key:
+        return f"unknown key. Did you mean '{by_key[ours]}'?"
+    return _unknown(key, [*PARAMS_BY_NAME, *HOSTED_BATCH], "AutoTrain parameters")
+
+
+def _unknown_top_level(key: str) -> str:
+    """`lr` or `learning_rate` beside `task`: a training parameter, which AutoTrain reads under `params:`."""
+    if key in PARAMS_BY_NAME:
+        return f"unknown at the top level. Did you mean 'params.{key}'?"
+    if did_you_mean(key, FILE_KEYS):  # a misspelt file key (`tsk`) before a parameter
+        return _unknown(key, FILE_KEYS)
+    hint = _unknown_param(key)
+    if hint.startswith("unknown key. Did you mean"):
+        return hint.replace("Did you mean '", "Did you mean 'params.")
+    return _unknown(key, FILE_KEYS, "AutoTrain config keys")
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:

@@ -7,6 +7,7 @@ or AutoTrain), then command-line overrides. Workers never compose again: they re
 from __future__ import annotations
 
 import dataclasses
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from launcher import CONF_DIR, REPO_ROOT, RECIPES_DIR
-from launcher.config import autotrain
+from launcher.config import aliases, autotrain
 from launcher.config.errors import ConfigError, Problem, did_you_mean
 from launcher.config.parse import from_dict, unknown_key_message, walk_fields
 from launcher.config.schema import RunConfig
@@ -36,6 +37,8 @@ class Composed:
     """The --config file, for messages."""
     problems: list = field(default_factory=list)
     """With collect=True: what was wrong (bad values were left at their defaults so checking can go on)."""
+    places: dict = field(default_factory=dict)
+    """Key -> the layer that set it (command line, a line of the --config file, the recipe), for messages."""
 
 
 def compose(config_file: str | Path | None = None, overrides: list[str] | tuple = (),
@@ -44,7 +47,7 @@ def compose(config_file: str | Path | None = None, overrides: list[str] | tuple 
     collect=True return them in `Composed.problems` so later checks can add theirs to the same report."""
     problems: list[Problem] = []
     recipe, hydra_overrides = _split_recipe(list(overrides), problems)
-    key_problems = check_override_keys(hydra_overrides)
+    key_problems = check_override_keys(hydra_overrides) + check_bare_commas(hydra_overrides)
     problems += key_problems
     # Drop the overrides already reported so composition goes on and finds the remaining problems too.
     bad = {p.key for p in key_problems}
@@ -55,6 +58,7 @@ def compose(config_file: str | Path | None = None, overrides: list[str] | tuple 
     if config_file:
         translation = load_config_file(Path(config_file))
     problems += translation.problems
+    places, origin = _places(recipe, config_file, translation.origin, list(overrides))
 
     secret_token = _pop(translation.values, "hub", "token")
 
@@ -77,15 +81,45 @@ def compose(config_file: str | Path | None = None, overrides: list[str] | tuple 
         try:
             data = _hydra_compose([searchpath, *layers, *_add_map_entries(hydra_overrides)])
         except ConfigError as err:
-            raise ConfigError(problems + err.problems, source, translation.origin) from None
+            raise ConfigError(problems + err.problems, source, origin, places) from None
 
     cfg, type_problems = from_dict(RunConfig, data)
     problems += type_problems
     if secret_token is not None and cfg.hub.token is None:
         cfg.hub.token = secret_token
+    notes = list(translation.notes)
+    if not cfg.project_name:
+        cfg.project_name = default_project_name(cfg)
+        notes.append(f"project_name: {cfg.project_name} (from the method and the data; project_name= names the run)")
     if problems and not collect:
-        raise ConfigError(problems, source, translation.origin)
-    return Composed(cfg, translation.notes, translation.origin, source, problems)
+        raise ConfigError(problems, source, origin, places)
+    return Composed(cfg, notes, origin, source, problems, places)
+
+
+def default_project_name(cfg: RunConfig) -> str:
+    """`runs/<method>-<data>`: a folder per method and data set, so that a second experiment does not land in the
+    folder of the first (which a resume would refuse, or an AutoTrain-style `project-name` would collect). No date
+    in it: the same command must find its unfinished run again to resume it."""
+    path = Path(cfg.data.path.partition(":")[0].rstrip("/"))
+    name = path.stem if path.suffix in (".jsonl", ".json", ".csv", ".parquet") else path.name
+    if name in ("", ".", cfg.data.train_split, "train", "data") and path.parent.name:
+        name = path.parent.name  # samples/chat/train.jsonl -> chat
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "data"
+    return f"runs/{cfg.trainer.name}-{slug}"
+
+
+def _places(recipe: str | None, config_file, file_origin: dict, overrides: list[str]) -> tuple[dict, dict]:
+    """Which layer set each key (a higher layer wins), and the file's origin without the keys the command line
+    set: the value in force came from the command line, so the file's name for the key would mislead."""
+    from launcher.config import places
+
+    on_command_line = places.override_places(overrides)
+    found = places.recipe_places(recipe, RECIPES_DIR)
+    if config_file:
+        found.update(places.file_places(Path(config_file), str(config_file), file_origin))
+    found.update(on_command_line)
+    origin = {ours: written for ours, written in file_origin.items() if ours not in on_command_line}
+    return found, origin
 
 
 def load_config_file(path: Path) -> autotrain.Translation:
@@ -102,6 +136,9 @@ def load_config_file(path: Path) -> autotrain.Translation:
         doc = {}
     if not isinstance(doc, dict):
         raise ConfigError([Problem(str(path), "expected a mapping of keys at the top level")])
+    tool = aliases.foreign_tool(doc)
+    if tool:  # its keys would each get a did-you-mean of ours; one message that names the tool points the way
+        raise ConfigError([Problem(str(path), aliases.foreign_message(tool, doc))])
     if autotrain.is_autotrain(doc):
         unset: list = []
         doc = autotrain.expand_env(doc, "", unset)
@@ -144,8 +181,46 @@ def check_override_keys(overrides: list[str]) -> list[Problem]:
             if siblings:
                 problems.append(Problem(key, unknown_key_message(leaf, siblings, f"{parent}." if parent else "")))
             else:
-                problems.append(Problem(key, f"unknown key.{did_you_mean(key, leaves, cutoff=0.5)}"))
+                named = aliases.key_named(key)
+                hint = f" Did you mean '{named}'?" if named else did_you_mean(key, leaves, cutoff=0.5)
+                problems.append(Problem(key, f"unknown key.{hint}"))
     return problems
+
+
+def check_bare_commas(overrides: list[str]) -> list[Problem]:
+    """`key=a,b` is a Hydra sweep (several runs), which one run cannot take; Hydra's own "Ambiguous value" error
+    names no key of ours and offers --multirun, which tunelaunch has no use for. Say how to write a list or
+    text instead. (Hydra's parser decides what is a sweep, so quoted and bracketed values pass.)"""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    lists = list_keys()
+    problems = []
+    for override in overrides:
+        try:
+            parsed = parser.parse_override(override)
+        except HydraException:
+            continue  # a syntax error: composition reports it in Hydra's words
+        key = parsed.key_or_group
+        if not parsed.is_sweep_override() or key in GROUPS or key.startswith("hydra"):
+            continue
+        value = override.partition("=")[2]
+        quoted = f"quote it for the shell: \"{key}='{value}'\""
+        fix = f"Write a list as {key}=[{value}] or {quoted}" if key in lists else f"To keep the commas, {quoted}"
+        problems.append(Problem(key, f"{key}={value}: a bare comma makes several values (Hydra reads it as a "
+                                     f"sweep). {fix}"))
+    return problems
+
+
+def list_keys() -> set[str]:
+    """Keys that take a list (alone or as an alternative to text, like peft.target_modules)."""
+    import typing
+
+    def takes_list(tp) -> bool:
+        return typing.get_origin(tp) is list or any(takes_list(t) for t in typing.get_args(tp))
+
+    return {key for key, tp, *_ in walk_fields(RunConfig) if takes_list(tp)}
 
 
 def map_keys() -> set[str]:
@@ -157,13 +232,14 @@ def map_keys() -> set[str]:
 
 
 def _add_map_entries(overrides: list[str]) -> list[str]:
-    """`cluster.env.NAME=value` adds an entry that the defaults do not have: Hydra wants `++` for that."""
+    """`cluster.env.NAME=value` adds an entry that the defaults do not have, and `cluster.env={NAME: value}`
+    replaces an empty map, which Hydra calls appending: it wants `++` for both."""
     maps = map_keys()
     out = []
     for override in overrides:
         key = override.partition("=")[0]
         bare = key.lstrip("+~")
-        if bare.rpartition(".")[0] in maps and not key.startswith("~"):
+        if (bare in maps or bare.rpartition(".")[0] in maps) and not key.startswith("~"):
             override = "++" + override.lstrip("+")
         out.append(override)
     return out

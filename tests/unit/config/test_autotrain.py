@@ -147,7 +147,7 @@ CASES = {
     "seed": (7, "training.seed", 7, {}),
     "chat_template": ("chatml", "data.chat_template", "chatml", {}),
     "quantization": ("int8", "quantization.mode", "int8", {"peft": True}),
-    "target_modules": ("q_proj,v_proj", "peft.target_modules", "q_proj,v_proj", {}),
+    "target_modules": ("q_proj,v_proj", "peft.target_modules", ["q_proj", "v_proj"], {}),
     "merge_adapter": (True, "peft.merge_adapter", True, {}),
     "peft": (True, "peft.enabled", True, {}),
     "lora_r": (8, "peft.r", 8, {}),
@@ -276,6 +276,32 @@ def test_unknown_task_is_an_error_with_suggestion(tmp_path):
     assert "task" in problems and "llm-dpo" in problems["task"]
 
 
+def test_a_misspelt_task_is_a_bad_value_not_an_unknown_key(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        compose_doc(tmp_path, {"task": "llm-stf", "base_model": "org/model"})
+    message = {p.key: p.message for p in err.value.problems}["task"]
+    assert "unknown key" not in message
+    assert message.startswith("unknown value 'llm-stf'. Allowed values: ")
+    assert all(task in message for task in AUTOTRAIN_TASKS) and message.endswith("Did you mean 'llm-sft'?")
+
+
+def test_another_tools_name_in_params_is_answered_with_autotrains(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        compose_doc(tmp_path, {"task": "llm-sft", "params": {"learning_rate": 1e-4, "num_train_epochs": 2}})
+    problems = {p.key: p.message for p in err.value.problems}
+    assert problems["params.learning_rate"] == "unknown key. Did you mean 'lr'?"
+    assert problems["params.num_train_epochs"] == "unknown key. Did you mean 'epochs'?"
+
+
+def test_a_parameter_written_at_the_top_level_is_pointed_under_params(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        compose_doc(tmp_path, {"task": "llm-sft", "lr": 1e-4, "learning_rate": 1e-4, "tsk": "llm-sft"})
+    problems = {p.key: p.message for p in err.value.problems}
+    assert problems["lr"] == "unknown at the top level. Did you mean 'params.lr'?"
+    assert problems["learning_rate"] == "unknown key. Did you mean 'params.lr'?"
+    assert problems["tsk"] == "unknown key. Did you mean 'task'?"  # a misspelt file key stays one
+
+
 def test_block_size_list_of_one_and_of_several(tmp_path):
     cfg = compose_doc(tmp_path, {"params": {"block_size": [512]}}).config
     assert cfg.data.block_size == 512
@@ -297,7 +323,7 @@ def test_seed_example_translates(tmp_path, monkeypatch):
     assert cfg.data.valid_split is None and cfg.data.chat_template == "chatml"
     assert dataclasses.asdict(cfg.data.column_mapping) == {
         "text_column": "chosen", "rejected_text_column": "rejected", "prompt_text_column": "prompt",
-        "label_column": None}
+        "label_column": None, "roles": {}}
     assert (cfg.data.block_size, cfg.model.max_length, cfg.data.max_prompt_length) == (1024, 8192, 512)
     assert (cfg.training.epochs, cfg.training.batch_size, cfg.training.lr) == (3, 2, 3e-5)
     assert cfg.peft.enabled is True and cfg.quantization.mode == "int4"
