@@ -17,6 +17,7 @@ from jinja2 import TemplateError
 from transformers import TextStreamer
 
 from launcher.generate import Generator
+from launcher.prompt_inputs import PromptInputError, check_renders
 
 PROMPT = "you> "
 HELP = """commands:
@@ -154,8 +155,10 @@ def main(target: str, template: Optional[str] = None, system: Optional[str] = No
               "template", file=sys.stderr)
         return EXIT_CONFIG
     try:
+        if system:
+            _check_system(target, template, system)
         gen = generate.load(target, template)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, PromptInputError) as error:
         print(error, file=sys.stderr)
         return EXIT_CONFIG
     if gen.source is not None and gen.source != Path(target):
@@ -172,6 +175,17 @@ def main(target: str, template: Optional[str] = None, system: Optional[str] = No
         read = lambda: sys.stdin.readline() or None  # noqa: E731
     return converse(Conversation(gen, system), read, sys.stdout, sys.stderr, max_new_tokens, temperature,
                     show_prompt)
+
+
+def _check_system(target: str, template: Optional[str], system: str) -> None:
+    """--system must be a message the run's chat template renders (some refuse a system turn): said now, not at
+    every line typed once the model has loaded."""
+    from launcher.generate import load_tokenizer
+
+    tokenizer, chat = load_tokenizer(target, template)
+    if chat:
+        check_renders(tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": "Hello"}],
+                      "--system")
 
 
 def _terminal_line() -> Optional[str]:

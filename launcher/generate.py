@@ -59,11 +59,7 @@ def from_run(run_dir: str | Path) -> Generator:
 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
-    source = run_dir
-    if not any((run_dir / name).is_file() for name in ("adapter_config.json", "config.json")):
-        source = latest_checkpoint(run_dir)
-        if source is None:
-            raise FileNotFoundError(f"{run_dir} holds no model yet: no final model and no complete checkpoint")
+    source = _run_source(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if (source / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
@@ -77,14 +73,31 @@ def from_run(run_dir: str | Path) -> Generator:
                      source=source)
 
 
-def from_base(model_path: str, template_name: str) -> Generator:
-    """A base model prompted with a given template (the quickstart's "before")."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _run_source(run_dir: Path) -> Path:
+    """Where a run's weights and tokenizer are: its final model, else its latest complete checkpoint."""
+    if any((run_dir / name).is_file() for name in ("adapter_config.json", "config.json")):
+        return run_dir
+    source = latest_checkpoint(run_dir)
+    if source is None:
+        raise FileNotFoundError(f"{run_dir} holds no model yet: no final model and no complete checkpoint")
+    return source
+
+
+def _base_tokenizer(model_path: str, template_name: str):
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     template = get_template(template_name)
     if template is not None and template.jinja:
         tokenizer.chat_template = template.jinja
+    return tokenizer
+
+
+def from_base(model_path: str, template_name: str) -> Generator:
+    """A base model prompted with a given template (the quickstart's "before")."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = _base_tokenizer(model_path, template_name)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     return Generator(model, tokenizer, stop_tokens(tokenizer, template_name), chat=template_name != "none")
 
@@ -93,11 +106,21 @@ def from_base(model_path: str, template_name: str) -> Generator:
 def load(target: str | Path, template: str | None = None) -> Generator:
     """What `generate` and `chat` talk to: a run folder (prompted with its training template) or a plain model
     folder prompted with `template` (None: the tokenizer's own chat template when it has one, else plain text)."""
+    from launcher.console import hide_model_file_bars
+
+    hide_model_file_bars()
+    target = Path(target)
+    template = _template_of(target, template)
+    return from_run(target) if template is None else from_base(str(target), template)
+
+
+def _template_of(target: Path, template: str | None) -> str | None:
+    """None for a run folder (its training template decides), else the template a plain model folder is prompted
+    with; FileNotFoundError when target is neither, or the template is unknown."""
     from launcher.data.templates import NAMES, model_chat_template
 
-    target = Path(target)
     if (target / "config.yaml").is_file():
-        return from_run(target)
+        return None
     if not (target.is_dir() and (target / "config.json").is_file()):
         raise FileNotFoundError(f"{target} is neither a run folder (with config.yaml) nor a model folder "
                                 "(with config.json)")
@@ -105,4 +128,16 @@ def load(target: str | Path, template: str | None = None) -> Generator:
         template = "tokenizer" if model_chat_template(str(target)) else "none"
     if template not in NAMES and not Path(template).expanduser().is_file():
         raise FileNotFoundError(f"template {template!r} is neither one of {', '.join(NAMES)} nor a Jinja file")
-    return from_base(str(target), template)
+    return template
+
+
+def load_tokenizer(target: str | Path, template: str | None = None):
+    """The tokenizer `load` prompts with and whether prompts go through its chat template, without the weights:
+    prompts are checked against it before the model loads (seconds to minutes)."""
+    from transformers import AutoTokenizer
+
+    target = Path(target)
+    template = _template_of(target, template)
+    if template is None:
+        return AutoTokenizer.from_pretrained(_run_source(target)), read_config(target).data.chat_template != "none"
+    return _base_tokenizer(str(target), template), template != "none"

@@ -26,7 +26,7 @@ class Hardware:
         return f"{self.gpus}x {self.gpu_name}" if self.gpus else "CPU only (no GPU)"
 
     @classmethod
-    def of_slurm_nodes(cls, gpus_per_node: int, gpu_memory_gib: Optional[float], bf16: bool) -> "Hardware":
+    def of_slurm_nodes(cls, gpus_per_node: Optional[int], gpu_memory_gib: Optional[float], bf16: bool) -> "Hardware":
         """The nodes a Slurm job will get, as the cluster settings describe them (the submitting machine, often
         a login node without GPUs, says nothing about them). flash-attn: whether this environment has it, as
         the nodes share it."""

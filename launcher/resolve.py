@@ -65,6 +65,11 @@ def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None) -> Res
             "on CPU two runs of this configuration, and a run stopped and resumed, end with identical weights"
             if hw.gpus == 0 else "on GPUs runs repeat bit for bit on the same machine, GPU model, software stack and "
             "world size (slower kernels; an operation without a deterministic one is an error)"))
+    t = cfg.training
+    if t.eval_strategy == "steps" and t.eval_steps is None:
+        t.eval_steps = t.save_steps
+        out.notes.append(f"evaluation: every {t.save_steps} steps (training.eval_steps null -> training.save_steps; "
+                         "set training.eval_steps to evaluate more or less often)")
     if cfg.logging.report_to == "wandb" and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
         out.notes.append("logging: wandb runs offline (no WANDB_API_KEY); upload later with `wandb sync <run>/wandb`")
     return out
@@ -187,7 +192,8 @@ def _processes(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
     if d.num_processes is None:
         d.num_processes = max(hw.gpus, 1)
     if c.kind == "slurm" and not resources.in_batch_step():
-        out.notes += resources.default_resources(c, d.num_processes, resources.describe_nodes(c.partition))
+        nodes = resources.describe_nodes(c.partition)
+        out.notes += resources.gpu_request_notes(c, nodes) + resources.default_resources(c, d.num_processes, nodes)
 
 
 def _backend(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
@@ -228,6 +234,33 @@ def _accumulation(cfg: RunConfig, out: Resolution) -> None:
                      f"process(es) x {t.gradient_accumulation} accumulation steps")
 
 
+def did_you_mean(name: str, known) -> str:
+    """'; did you mean X?' for the closest of `known`, or nothing when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _check_target_names(cfg: RunConfig, out: Resolution) -> None:
+    """Each peft.target_modules name must match a module of the model, or peft fails only once the weights are
+    loaded (minutes into a job). The names come from the model skeleton memory.model_shape built from the local
+    config.json; without one they are checked when the model loads, and the note says so."""
+    targets = cfg.peft.target_list()
+    if targets == "all-linear":
+        return
+    if out.shape is None:
+        out.notes.append(f"peft: target_modules {', '.join(targets)} will be checked against the model's modules "
+                         f"when it loads ({out.estimate_missing})")
+        return
+    linear = ", ".join(out.shape.linear_names)
+    for name in out.shape.unmatched_targets:
+        out.problems.append(Problem("peft.target_modules", (
+            f"'{name}' matches no module of {cfg.model.name_or_path}{did_you_mean(name, out.shape.linear_names)} "
+            f"(a name matches the modules whose dotted name ends with .{name}; the model's linear layers: {linear}; "
+            "or all-linear)")))
+
+
 def _adapter(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
     """What the LoRA variants make of the adapter, said once; what cannot run on this machine, refused."""
     p = cfg.peft
@@ -244,7 +277,8 @@ def _adapter(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
             continue
         out.problems.append(Problem("peft.modules_to_save", (
             f"'{name}' matches no module of {cfg.model.name_or_path} (a name matches the modules whose dotted "
-            "name ends with it, e.g. lm_head or embed_tokens)")))
+            f"name ends with it, e.g. lm_head or embed_tokens){did_you_mean(name, out.shape.module_names)}")))
+    _check_target_names(cfg, out)
     parts = []
     if p.use_dora:
         parts.append("DoRA (a trained magnitude per output feature of each adapted layer; slower steps, more "

@@ -66,6 +66,27 @@ def describe_nodes(partition: str | None) -> Nodes | None:
                  gpus=min(gpus_in_gres(r[3]) for r in rows))
 
 
+def gpu_request_notes(cluster, nodes: Nodes | None) -> list[str]:
+    """A warning when the job is planned for CPU nodes without having said so: Slurm gives a job no GPU unless it
+    asks, so a GPU job that forgot `gpus_per_node` would queue, train in fp32 on CPUs and look merely slow.
+    cluster.gpus_per_node=0 says CPU nodes are meant (no warning); null, the default, is "not asked"."""
+    asked_in_gres = gpus_in_gres(cluster.gres)
+    if cluster.gpus_per_node:
+        return []
+    planned = "planned for CPU nodes (fp32, no GPU)"
+    if asked_in_gres:  # the job gets GPUs, but the plan (precision, processes, backend) does not know it
+        said = "unset" if cluster.gpus_per_node is None else "0"
+        return [f"cluster: warning: cluster.gres={cluster.gres} asks for {asked_in_gres} GPU(s) per node but "
+                f"cluster.gpus_per_node is {said}: the run is {planned}; set cluster.gpus_per_node={asked_in_gres} "
+                "so it is planned for the GPUs"]
+    if cluster.gpus_per_node == 0:
+        return []
+    has = (f" (partition {nodes.partition} has {nodes.gpus} per node, sinfo)" if nodes and nodes.gpus else "")
+    return [f"cluster: warning: no GPUs requested: the job gets none{has} and is {planned}; ask for them with "
+            "cluster.gpus_per_node=N (or cluster.gres=gpu:N where the site asks that way, with gpus_per_node=N "
+            "for planning), or set cluster.gpus_per_node=0 to say CPU nodes are meant"]
+
+
 def default_resources(cluster, processes: int, nodes: Nodes | None) -> list[str]:
     """Fill cluster.cpus_per_task and cluster.mem when they (and their per-GPU forms) are unset; the notes say
     where each value came from."""

@@ -90,6 +90,8 @@ def optimisation(cfg):
     positive = {"training.lr": t.lr, "training.batch_size": t.batch_size,
                 "training.gradient_accumulation": t.gradient_accumulation,
                 "training.save_total_limit": t.save_total_limit, "training.save_steps": t.save_steps}
+    if t.eval_steps is not None:
+        positive["training.eval_steps"] = t.eval_steps
     for key, value in positive.items():
         if value <= 0:
             yield Problem(key, f"must be greater than 0, got {value}")
@@ -211,7 +213,7 @@ def cluster(cfg):
         return
     if c.nodes < 1:
         yield Problem("cluster.nodes", f"must be at least 1, got {c.nodes}")
-    if c.gpus_per_node < 0:
+    if c.gpus_per_node is not None and c.gpus_per_node < 0:
         yield Problem("cluster.gpus_per_node", f"must not be negative, got {c.gpus_per_node}")
     if c.time is not None and not _TIME.match(c.time):
         yield Problem("cluster.time", f"'{c.time}' is not a Slurm time limit: use minutes (90), HH:MM:SS (01:30:00), "

@@ -48,8 +48,9 @@ sdpa/flash-attention (no s x s matrix is kept):
                              weight-sized norm DoRA computes per layer is transient and not counted.
 
 The parameter counts come from the model's config.json, instantiated on the meta device (no weights are read
-or allocated), so every architecture transformers knows is counted exactly; a hub id without a local folder
-has no estimate, and `plan` says so.
+or allocated), so every architecture transformers knows is counted exactly; a hub id is counted from the hub
+cache when an earlier download left its config.json there (never downloaded), else has no estimate, and `plan`
+says so.
 """
 from __future__ import annotations
 
@@ -92,6 +93,12 @@ class ModelShape:
     """Parameters of the modules peft.modules_to_save names (trained in full)."""
     unmatched_modules: tuple[str, ...] = ()
     """Names in peft.modules_to_save that match no module of the model."""
+    unmatched_targets: tuple[str, ...] = ()
+    """Names in peft.target_modules that match no module of the model (peft would fail once the model loaded)."""
+    linear_names: tuple[str, ...] = ()
+    """Short names of the model's Linear layers (q_proj, k_proj, ...), each once: what target_modules can name."""
+    module_names: tuple[str, ...] = ()
+    """Short names of all the model's modules, each once (lm_head, embed_tokens, ...): what modules_to_save names."""
 
 
 @dataclass(frozen=True)
@@ -155,17 +162,46 @@ class Estimate:
 
 def model_shape(cfg: RunConfig) -> tuple[ModelShape | None, str]:
     """The shape of the run's base model, or None with the reason there is no estimate."""
-    folder = Path(cfg.model.name_or_path).expanduser()
     if cfg.model.gguf_file:
         return None, "the model is a GGUF file (no config.json to count from)"
-    if not (folder / "config.json").is_file():
-        return None, (f"{cfg.model.name_or_path} is not a local folder with a config.json "
+    folder = local_config_folder(cfg.model.name_or_path, cfg.model.revision)
+    if folder is None:
+        return None, (f"{cfg.model.name_or_path} is not a local folder with a config.json nor in the hub cache "
                       "(plan downloads nothing); download it first for an estimate")
     try:
         return cached_shape(folder, cfg.peft.target_list(), cfg.model.trust_remote_code,
                             list(cfg.peft.modules_to_save)), ""
     except Exception as err:  # an architecture transformers cannot build: say so, do not fail the plan
         return None, f"transformers could not build {folder.name} from its config.json ({type(err).__name__}: {err})"
+
+
+def local_config_folder(name_or_path: str, revision: str | None = None) -> Path | None:
+    """The folder holding the model's config.json on this machine: the model's own folder, or its snapshot in the
+    hub cache when an earlier download left it there. Never the network: plan must answer offline and fast."""
+    folder = Path(name_or_path).expanduser()
+    if (folder / "config.json").is_file():
+        return folder
+    if folder.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") != 1:
+        return None  # a path that is not there, not a hub id: nothing to look up
+    try:
+        from huggingface_hub import try_to_load_from_cache  # a file lookup in the cache folder, no request
+
+        found = try_to_load_from_cache(name_or_path, "config.json", revision=revision)
+    except Exception:  # a malformed id or an unreadable cache: the same as not cached
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def target_matches(module_name: str, target: str) -> bool:
+    """Whether peft adapts `module_name` for one name of a target_modules list: the name itself or a dotted suffix
+    of it (peft.tuners.tuners_utils.check_target_module_exists; tests/unit/distributed/test_memory.py checks the
+    two agree). Not peft's own function: importing peft costs seconds, and plan reads the names from the cache."""
+    return module_name == target or module_name.endswith("." + target)
+
+
+def short_names(names) -> tuple[str, ...]:
+    """The last part of each dotted module name, each once, in the model's order; layer indexes left out."""
+    return tuple(dict.fromkeys(n.rsplit(".", 1)[-1] for n in names if n and not n.rsplit(".", 1)[-1].isdigit()))
 
 
 def cached_shape(folder: Path, target_modules, trust_remote_code: bool, modules_to_save: list[str]) -> ModelShape:
@@ -185,7 +221,7 @@ def cached_shape(folder: Path, target_modules, trust_remote_code: bool, modules_
     path = cache_root() / "shapes" / f"{key}.json"
     try:
         fields = json.loads(path.read_text())
-        return ModelShape(**{**fields, "unmatched_modules": tuple(fields["unmatched_modules"])})
+        return ModelShape(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     except (OSError, ValueError, TypeError, KeyError):
         pass
     shape = shape_from_config({}, target_modules, trust_remote_code=trust_remote_code, folder=folder,
@@ -211,12 +247,13 @@ def shape_from_config(config: dict, target_modules: str | list[str] = "all-linea
     text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
     output = model.get_output_embeddings()
     targets = None if target_modules == "all-linear" else target_modules
+    names = [name for name, _ in model.named_modules()]
     linear_params = lora_in_out = lora_out = 0
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or module is output:
             continue
         linear_params += module.weight.numel()
-        if targets is None or any(name == t or name.endswith("." + t) for t in targets):
+        if targets is None or any(target_matches(name, t) for t in targets):
             lora_in_out += module.in_features + module.out_features
             lora_out += module.out_features
     # peft matches a modules_to_save name as a suffix of the module's name (peft.utils.other._set_trainable)
@@ -243,6 +280,9 @@ def shape_from_config(config: dict, target_modules: str | list[str] = "all-linea
         lora_out=lora_out,
         saved_params=saved_params,
         unmatched_modules=tuple(k for k in modules_to_save if not any(n.endswith(k) for n in saved)),
+        unmatched_targets=tuple(t for t in targets or () if not any(target_matches(n, t) for n in names)),
+        linear_names=short_names(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)),
+        module_names=short_names(names),
     )
 
 

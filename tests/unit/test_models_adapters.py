@@ -115,7 +115,7 @@ def test_plan_names_the_variants_and_refuses_a_module_the_model_lacks(tmp_path):
     assert not any(n.startswith("adapter: ") for n in plan(tmp_path, "peft=lora").notes)  # plain LoRA: no note
     assert problems(tmp_path, "peft=lora", "peft.modules_to_save=[lm_hed]") == [
         f"peft.modules_to_save: 'lm_hed' matches no module of {p.cfg.model.name_or_path} (a name matches the "
-        "modules whose dotted name ends with it, e.g. lm_head or embed_tokens)"]
+        "modules whose dotted name ends with it, e.g. lm_head or embed_tokens); did you mean lm_head?"]
 
 
 def test_the_dora_group_option_is_lora_with_dora(tmp_path):
