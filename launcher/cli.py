@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from launcher import __version__
 from launcher.config.errors import EXIT_CONFIG
 
 
@@ -19,7 +20,9 @@ def cmd_plan(args) -> int:
     plan = _plan_or_exit(args)
     if plan is None:
         return EXIT_CONFIG
-    print(render_plan(plan))
+    print(render_plan(plan, show_config=args.show_config))
+    if not args.show_config:
+        print("\n(`tunelaunch plan --show-config ...` prints the whole resolved configuration)")
     return 0
 
 
@@ -81,7 +84,12 @@ def _train_one(config, overrides) -> int:
         print(f"\nTraining finished and {folder} is complete, but the upload to the hub failed (see "
               f"{folder / 'train.log'}); retry with `tunelaunch push {folder}`.", file=sys.stderr)
         return 3
-    if code != 0:
+    if code != 0 and state.get("resume_not_started"):
+        print(f"\nThe resume from {state['resume_not_started']} failed before training started (exit {code}); see "
+              f"{folder / 'train.log'}. {folder} is as it was (config.yaml and the checkpoints unchanged): fix the "
+              "cause, or resume from another checkpoint with training.resume_from=checkpoint-N (it has: "
+              f"{', '.join(c.name for c in runs.complete_checkpoints(folder))}).", file=sys.stderr)
+    elif code != 0:
         print(f"\nTraining failed (exit {code}); see {folder / 'train.log'}. Completed checkpoints are kept: "
               "run the same command again to resume.", file=sys.stderr)
     else:
@@ -187,33 +195,47 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    from launcher.config.aliases import keys_matching, other_names
     from launcher.config.parse import describe_type, walk_fields
     from launcher.config.schema import RunConfig
 
+    # A key is found by any of its names (ours, AutoTrain's, other tools'), not only by our prefix.
+    wanted = set(keys_matching(args.key)) if args.key else None
     shown = 0
     for key, tp, default, doc in walk_fields(RunConfig):
-        if args.key and not key.startswith(args.key):
+        if wanted is not None and key not in wanted:
             continue
         shown += 1
         print(f"{key}  ({describe_type(tp)}, default {yaml.safe_dump(default).strip().removesuffix('...').strip()})")
         print("    " + doc.replace("\n", "\n    "))
+        if other_names(key):
+            print(f"    Other tools call it: {', '.join(other_names(key))}.")
     if not shown:
-        print(f"no key starts with '{args.key}'", file=sys.stderr)
+        print(f"no key is named like '{args.key}' (ours, AutoTrain's or another tool's name)", file=sys.stderr)
         return EXIT_CONFIG
     return 0
 
 
 def cmd_generate(args) -> int:
-    import json
+    from launcher.prompt_inputs import PromptInputError, read_messages_file
 
-    from launcher import generate
-
-    try:
-        gen = generate.load(args.target, args.template)
-    except FileNotFoundError as err:
+    try:  # the file first: a wrong one is refused before anything loads, even torch
+        messages = read_messages_file(args.messages) if args.messages else None
+    except PromptInputError as err:
         print(err, file=sys.stderr)
         return EXIT_CONFIG
-    messages = json.loads(Path(args.messages).read_text()) if args.messages else None
+    from launcher import generate
+    from launcher.prompt_inputs import check_renders
+
+    try:
+        if messages is not None:
+            tokenizer, chat = generate.load_tokenizer(args.target, args.template)
+            if chat:
+                check_renders(tokenizer, messages, f"--messages {args.messages}")
+        gen = generate.load(args.target, args.template)
+    except (FileNotFoundError, PromptInputError) as err:
+        print(err, file=sys.stderr)
+        return EXIT_CONFIG
     if args.input_text and (messages is not None or not gen.chat):
         print("--input goes with --prompt on a run trained with a chat template (Alpaca data)", file=sys.stderr)
         return EXIT_CONFIG
@@ -258,6 +280,9 @@ def cmd_push(args) -> int:
 def cmd_runs(args) -> int:
     from launcher.runs import collect, render
 
+    if not Path(args.dir).is_dir():
+        print(f"{args.dir}: no such folder", file=sys.stderr)
+        return 1
     rows = collect(Path(args.dir))
     if not rows:
         print(f"no run folders (with config.yaml and run_state.json) under {args.dir}", file=sys.stderr)
@@ -326,11 +351,17 @@ def _plan_or_exit(args):
         return None
 
 
+VERBOSE_HELP = ("also show the libraries' routine notices (launcher/console.py lists what is hidden); or set "
+                "TUNELAUNCH_VERBOSE=1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunelaunch", description="Validate a fine-tuning run completely, then launch it.",
         epilog="Overrides are Hydra's: key=value, group=option (trainer=dpo, peft=lora, distributed=zero3), "
                "recipe=sft/quickstart. `tunelaunch explain` documents every key.")
+    parser.add_argument("--version", action="version", version=f"tunelaunch {__version__}")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p):
@@ -338,8 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="key=value overrides")
         return p
 
-    with_config(sub.add_parser("plan", help="validate and print the resolved config and launch command")
-                ).set_defaults(func=cmd_plan)
+    plan = with_config(sub.add_parser("plan", help="validate, then print the decisions, notes and launch command"))
+    plan.add_argument("--show-config", action="store_true", help="also print the whole resolved configuration")
+    plan.set_defaults(func=cmd_plan)
     train = with_config(sub.add_parser("train", help="validate, then launch the training"))
     train.add_argument("-m", "--multirun", action="store_true", help="sweep: key=a,b runs one job per value")
     train.set_defaults(func=cmd_train)
@@ -352,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--show", type=int, default=2, metavar="N", help="rendered samples to print (default 2)")
     prepare.set_defaults(func=cmd_prepare)
     recipes = sub.add_parser("recipes", help="list the shipped recipes, or show one")
-    recipes.add_argument("name", nargs="?")
+    recipes.add_argument("name", nargs="?", help="a recipe to print, e.g. sft/chat_tiny (none: list them all)")
     recipes.set_defaults(func=cmd_recipes)
     gen = sub.add_parser("generate", help="prompt a trained run with its training template")
     gen.add_argument("target", help="a run folder, or a model folder (with --template)")
@@ -362,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--input", dest="input_text", metavar="TEXT",
                      help="Alpaca-style runs: the input that goes with the instruction given as --prompt")
     gen.add_argument("--template", default="tokenizer", help="chat template for a plain model folder")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default 64)")
     gen.set_defaults(func=cmd_generate)
     chat = sub.add_parser("chat", help="a conversation with a trained run, prompted with its training template")
     chat.add_argument("target", help="a run folder, or a model folder")
@@ -375,21 +407,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print each prompt as the model gets it, special tokens included (on stderr)")
     chat.set_defaults(func=cmd_chat)
     merge = sub.add_parser("merge", help="merge a run's LoRA adapter into its base model")
-    merge.add_argument("run_dir")
+    merge.add_argument("run_dir", help="a finished LoRA run folder")
     merge.add_argument("--output", help="folder for the merged model (default RUN_DIR/merged)")
     merge.set_defaults(func=cmd_merge)
     push = sub.add_parser("push", help="upload a finished run to the hub (token from HF_TOKEN)")
-    push.add_argument("run_dir")
+    push.add_argument("run_dir", help="a finished run folder")
     push.add_argument("--username", help="hub user or organisation, if the run's config has none")
     push.set_defaults(func=cmd_push)
     runs = sub.add_parser("runs", help="a table of the runs under a folder (a sweep's trials): state, steps, losses")
-    runs.add_argument("dir")
+    runs.add_argument("dir", help="a folder of run folders (a sweep's), or one run folder")
     from launcher.runs import SORT_KEYS
 
     runs.add_argument("--sort", default="run", choices=SORT_KEYS, help="column to sort by (default run)")
     runs.set_defaults(func=cmd_runs)
     logs = sub.add_parser("logs", help="print the log of a run's current Slurm job (-f: follow it while queued)")
-    logs.add_argument("run_dir")
+    logs.add_argument("run_dir", help="a run folder submitted to Slurm")
     logs.add_argument("-f", "--follow", action="store_true",
                       help="print new lines as they come, across a requeue, until the job leaves the queue")
     logs.set_defaults(func=cmd_logs)
@@ -400,9 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("key", nargs="?", help="a key or prefix, e.g. data or training.lr")
     explain.set_defaults(func=cmd_explain)
     for command in sub.choices.values():
-        command.add_argument("--verbose", action="store_true",
-                             help="also show the libraries' routine notices (launcher/console.py lists what is "
-                                  "hidden); or set TUNELAUNCH_VERBOSE=1")
+        # SUPPRESS: a subcommand's own default would overwrite `tunelaunch --verbose plan`'s True
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
@@ -413,7 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         os.environ[console.VERBOSE_ENV] = "1"  # the workers inherit it
     console.quiet()
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `tunelaunch plan | head`: the reader has what it wanted; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit fails too
+        return 1
 
 
 if __name__ == "__main__":

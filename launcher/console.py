@@ -94,6 +94,16 @@ def quiet() -> None:
 _show = None
 
 
+def hide_model_file_bars() -> None:
+    """transformers' own bars over the files of a model already on disk ("Loading weights", "Writing model
+    shards") say nothing while they last a second; hidden unless --verbose. Downloads keep their bars (those are
+    huggingface_hub's, and a long download needs one)."""
+    if not verbose():
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+
 def _show_unless_noise(message, category, filename, lineno, file=None, line=None):
     # Not logging.captureWarnings here: a library gives the "py.warnings" logger a NullHandler, so with no handler
     # of ours every warning would vanish.

@@ -38,3 +38,4 @@ def setup_logging(log_file: Path | None) -> None:
     transformers.logging.set_verbosity_warning()
     transformers.logging.disable_default_handler()  # its own stderr handler would print past the filter
     transformers.logging.enable_propagation()
+    console.hide_model_file_bars()

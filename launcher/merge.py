@@ -22,6 +22,9 @@ def merge_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
     from transformers import AutoTokenizer
 
+    from launcher.console import hide_model_file_bars
+
+    hide_model_file_bars()
     run_dir = Path(run_dir)
     adapter_config = run_dir / "adapter_config.json"
     if not adapter_config.is_file():

@@ -18,7 +18,7 @@ Fine-tuned from `{base}` with the **{trainer}** trainer of tunelaunch ({kind} we
 |---|---|
 | data | `{data}` ({format}, {rows} training rows) |
 | chat template | `{template}` (saved with the tokenizer) |
-| steps | {steps}, final training loss {loss:.4f} |
+| steps | {steps}, mean training loss {loss:.4f} |
 | precision | {precision} |
 
 ## Use it

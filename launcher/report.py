@@ -20,7 +20,9 @@ def memory_line(plan: Plan) -> str:
     return f"{est.describe()} vs {hw.gpu_memory_gib:g} GiB per GPU: {verdict} (limit 90%)"
 
 
-def render_plan(plan: Plan, brief: bool = False) -> str:
+def render_plan(plan: Plan, brief: bool = False, show_config: bool = False) -> str:
+    """The plan: its decisions, notes and blockers (brief: only those), then how it launches; `show_config` adds
+    the whole resolved configuration (`plan --show-config`: ~130 lines that bury the decisions by default)."""
     cfg, data = plan.cfg, plan.data
     d = cfg.distributed
     rows = [
@@ -46,8 +48,9 @@ def render_plan(plan: Plan, brief: bool = False) -> str:
         out += ["", "Before `train` can run:"] + [f"  - {b}" for b in plan.blockers]
     if brief:
         return "\n".join(out)
-    out += ["", "Resolved configuration (secrets redacted):",
-            "  " + yaml.safe_dump(redacted_dict(cfg), sort_keys=False).rstrip().replace("\n", "\n  ")]
+    if show_config:
+        out += ["", "Resolved configuration (secrets redacted):",
+                "  " + yaml.safe_dump(redacted_dict(cfg), sort_keys=False).rstrip().replace("\n", "\n  ")]
     if cfg.cluster.kind == "slurm":
         from launcher.cluster.submit import node_commands
 

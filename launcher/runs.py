@@ -22,6 +22,7 @@ class RunRow:
     current job (PENDING, RUNNING, CANCELLED, FAILED, TIMEOUT, ...: launcher.cluster.jobs.run_status)."""
     steps: str
     train_loss: float | None
+    """A finished run's mean training loss (run_state.json, the model card); else the latest logged one."""
     eval_loss: float | None
     seconds: float | None
     overrides: str
@@ -55,7 +56,8 @@ def collect(root: Path) -> list[RunRow]:
             run=str(folder.relative_to(root)) if folder != root else folder.name,
             state=jobs.run_status(folder),
             steps=f"{history.get('global_step', 0)}/{history.get('max_steps', '?')}" if history else "0",
-            train_loss=state.get("train_loss", train) if state.get("status") == "finished" and train is None else train,
+            # A finished run: the figure run_state.json and the model card hold (one source); else the latest logged.
+            train_loss=state["train_loss"] if state.get("status") == "finished" and "train_loss" in state else train,
             eval_loss=evals, seconds=state.get("seconds"), overrides=" ".join(shown)))
     return rows
 

@@ -32,6 +32,7 @@ def test_a_run_prints_no_library_noise_but_still_its_warnings_and_logs_everythin
         assert noise not in shown, noise
     assert TRUNCATED.search(shown), shown[-3000:]  # a warning the user must see
     assert "Plan (valid)" in shown and "'loss'" in shown and "Finished:" in shown
+    assert "Loading weights" not in shown and "Writing model shards" not in shown  # bars over local files
     log = (run / "train.log").read_text()
     for noise in NOISE_SEEN:  # hidden from the console, not lost
         assert noise in log, noise
@@ -43,6 +44,7 @@ def test_verbose_shows_the_library_noise(tmp_path):
     for noise in NOISE_SEEN:
         assert noise in shown, noise
     assert TRUNCATED.search(shown)
+    assert "Loading weights" in shown
 
 
 def test_the_launchers_notice_and_its_traceback_go_but_the_workers_error_stays():

@@ -82,7 +82,7 @@ def runs(tmp_path_factory, tiny_model):
         if f.is_file() and not f.name.endswith((".safetensors", ".bin")):
             shutil.copy(f, weightless / f.name)
     (bad_dir / "config.yaml").write_text(seed_config(weightless, 4096, 1024))
-    started = {"good": Run(["plan", "--config", "config.yaml"], good_dir),
+    started = {"good": Run(["plan", "--show-config", "--config", "config.yaml"], good_dir),
                "bad": Run(["plan", "--config", "config.yaml"], bad_dir)}
     for run in started.values():
         run.result()
@@ -182,7 +182,7 @@ def scoped_runs(tmp_path_factory, tiny_model):
     for name, (task, data, params) in SCOPED.items():
         folder = tmp_path_factory.mktemp(f"scoped_{name}")
         (folder / "config.yaml").write_text(yaml.safe_dump(autotrain_doc(tiny_model, task, data, **params)))
-        started[name] = Run(["plan", "--config", "config.yaml"], folder)
+        started[name] = Run(["plan", "--show-config", "--config", "config.yaml"], folder)
     return {name: run.result() for name, run in started.items()}
 
 
@@ -223,8 +223,8 @@ def test_write_run_writes_the_resolved_configuration_and_the_launch_files(tmp_pa
     folder, launch = write_run(plan)
     assert folder == tmp_path / "run"
     assert sorted(f.name for f in folder.iterdir()) == [
-        "accelerate_config.yaml", "config.yaml", "deepspeed.json", "launch.json", "run_state.json",
-        "training_params.json"]
+        "accelerate_config.yaml", "config.yaml", "data_hash.json", "deepspeed.json", "launch.json",
+        "run_state.json", "training_params.json"]
     assert read_config(folder) == plan.cfg  # the token comes back from HF_TOKEN, never from the file
     for f in folder.iterdir():
         assert PLANTED_TOKEN not in f.read_text(), f

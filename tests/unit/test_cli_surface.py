@@ -1,0 +1,78 @@
+"""The command line's small promises, run as a user runs them (the console script in a subprocess): `--version` and
+`--verbose` before or after the subcommand, no traceback when a pipe closes early (`plan | head`), `runs` on a
+folder that does not exist, and help text for every positional argument."""
+import subprocess
+
+import pytest
+
+from launcher import __version__
+from launcher.cli import build_parser
+from tests.unit.helpers import REPO
+from tests.unit.test_cli import tunelaunch
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*tunelaunch(), *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_version():
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"tunelaunch {__version__}"
+
+
+@pytest.mark.parametrize("args", [("--verbose", "recipes"), ("recipes", "--verbose")])
+def test_verbose_before_or_after_the_subcommand(args):
+    out = run(*args)
+    assert out.returncode == 0, out.stderr
+    assert "sft/chat_tiny" in out.stdout
+
+
+def test_verbose_before_the_subcommand_reaches_it():
+    assert build_parser().parse_args(["--verbose", "recipes"]).verbose is True
+    assert build_parser().parse_args(["recipes"]).verbose is False
+
+
+def test_a_pipe_closed_early_ends_without_a_traceback():
+    """`tunelaunch plan ... | head -1`: the reader is gone before the plan is printed (closed at once here, so that
+    every write meets the closed pipe, whatever the pipe's buffer would have held)."""
+    proc = subprocess.Popen([*tunelaunch(), "plan", "recipe=sft/chat_tiny"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # as head does once it has its lines
+    err = proc.stderr.read()
+    proc.wait(timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_runs_on_a_missing_folder_says_so(tmp_path):
+    out = run("runs", str(tmp_path / "nope"))
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"{tmp_path / 'nope'}: no such folder"
+
+
+def test_every_positional_argument_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    missing = [f"{name} {a.dest}" for name, p in sub.choices.items() for a in p._actions
+               if not a.option_strings and not a.help]
+    assert not missing
+
+
+def test_plan_prints_the_decisions_and_the_whole_configuration_only_when_asked():
+    short, full = run("plan", "recipe=sft/chat_tiny"), run("plan", "--show-config", "recipe=sft/chat_tiny")
+    assert short.returncode == full.returncode == 0, short.stderr + full.stderr
+    for out in (short.stdout, full.stdout):
+        assert "Plan (valid):" in out and "Launch command:" in out
+    assert "Resolved configuration" not in short.stdout and "--show-config" in short.stdout
+    assert "Resolved configuration (secrets redacted):" in full.stdout and "  training:" in full.stdout
+    assert len(full.stdout.splitlines()) > len(short.stdout.splitlines()) + 80
+
+
+def test_evaluation_every_save_steps_is_stated_and_eval_steps_sets_it():
+    stated = run("plan", "recipe=sft/chat_tiny", "training.eval_strategy=steps", "training.save_steps=7")
+    assert stated.returncode == 0, stated.stderr
+    assert "evaluation: every 7 steps (training.eval_steps null -> training.save_steps" in stated.stdout
+    own = run("plan", "recipe=sft/chat_tiny", "training.eval_strategy=steps", "training.eval_steps=3")
+    assert own.returncode == 0 and "evaluation: every" not in own.stdout
+    bad = run("plan", "recipe=sft/chat_tiny", "training.eval_strategy=steps", "training.eval_steps=0")
+    assert bad.returncode == 2 and "training.eval_steps" in bad.stderr and "must be greater than 0, got 0" in bad.stderr
