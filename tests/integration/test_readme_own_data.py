@@ -1,0 +1,43 @@
+"""The README's "Your own data" walk, run as written: its bash block in a fresh folder (with the repository's
+samples/ beside it, as in a checkout), `tunelaunch` on the PATH as an activated venv has it."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import REPO
+
+
+def walk_block() -> str:
+    text = (REPO / "README.md").read_text()
+    section = re.search(r"^## Your own data\n(.*?)^## ", text, re.S | re.M).group(1)
+    return re.search(r"^```bash\n(.*?)^```", section, re.S | re.M).group(1)
+
+
+def test_the_own_data_walk_runs_as_written(tmp_path):
+    (tmp_path / "samples").symlink_to(REPO / "samples")
+    script = tmp_path / "walk.sh"
+    script.write_text("set -euo pipefail\n" + walk_block())
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+               PYTHONUNBUFFERED="1")
+    done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-5000:]
+    # plan: the file's held-out rows and the run's name, stated
+    assert "validation: 20% of train.csv held out (2 rows, seed 42); training uses the other 8" in out
+    assert "project_name: runs/sft-my_data (from the method and the data" in out
+    # prepare: the question masked, the answer trained
+    assert "Prepared prompt_completion rows for the sft trainer: my_data" in out
+    assert re.search(r"<\|im_start\|>user\n.+<\|im_end\|>\n<\|im_start\|>assistant\n\[\[.+<\|im_end\|>\]\]", out)
+    run = tmp_path / "runs" / "sft-my_data"
+    state = json.loads((run / "run_state.json").read_text())
+    assert state["status"] == "finished" and state["global_step"] == 4
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["metrics"]["train_rows"] == 8
+    # chat answered (a random tiny model: any text) without the bars of loading a local model
+    assert "Loading weights" not in out
+    # the ShareGPT file prepared as chat turns
+    assert "Prepared messages rows for the sft trainer: samples/sharegpt/train.json" in out
+    assert "What is the boiling point of water?<|im_end|>" in out
