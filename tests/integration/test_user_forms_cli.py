@@ -28,14 +28,14 @@ def test_prepare_shows_sharegpt_turns_as_user_and_assistant(tmp_path):
 
 @pytest.mark.parametrize("override", ["peft.target_modules=[q_proj,v_proj]", "peft.target_modules='q_proj,v_proj'"])
 def test_plan_takes_target_modules_as_a_list_or_a_quoted_comma_string(tmp_path, override):
-    result = run_cli("plan", *LORA, override, f"project_name={tmp_path / 'run'}", cwd=tmp_path)
+    result = run_cli("plan", "--show-config", *LORA, override, f"project_name={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "    target_modules:\n    - q_proj\n    - v_proj\n" in result.stdout
 
 
 def test_plan_takes_target_modules_as_a_yaml_list_in_the_config_file(tmp_path):
     (tmp_path / "run.yaml").write_text("peft:\n  enabled: true\n  target_modules: [q_proj, v_proj]\n")
-    result = run_cli("plan", "--config", "run.yaml", "recipe=sft/chat_tiny", f"project_name={tmp_path / 'run'}",
+    result = run_cli("plan", "--show-config", "--config", "run.yaml", "recipe=sft/chat_tiny", f"project_name={tmp_path / 'run'}",
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "    target_modules:\n    - q_proj\n    - v_proj\n" in result.stdout
