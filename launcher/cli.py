@@ -106,14 +106,11 @@ def _under_user_launcher() -> bool:
 def _plan_and_write_for(world, config, overrides) -> Path | None:
     """Rank 0 under the user's launcher: plan for its world, print the plan (or every problem) once, and write
     the run folder; None when the run cannot start (every rank then exits 2)."""
-    from launcher.config.errors import ConfigError
-    from launcher.planning import make_plan, write_run
+    from launcher.planning import write_run
     from launcher.report import render_plan
 
-    try:
-        plan = make_plan(config, list(overrides), user_launcher=world)
-    except ConfigError as err:
-        print(err.report(), file=sys.stderr, flush=True)
+    plan = _plan_or_exit(argparse.Namespace(config=config, overrides=overrides), user_launcher=world)
+    if plan is None:
         return None
     refusals = [str(b) for b in plan.blockers]
     if plan.cfg.cluster.kind == "slurm":
@@ -340,14 +337,16 @@ def cmd_prepare(args) -> int:
     return prepare(args.config, list(args.overrides), show=args.show)
 
 
-def _plan_or_exit(args):
+def _plan_or_exit(args, user_launcher=None):
+    """The plan, or None after printing every problem. `user_launcher`: the world of the user's own launcher
+    this process is rank 0 of (launcher.distributed.external)."""
     from launcher.config.errors import ConfigError
     from launcher.planning import make_plan
 
     try:
-        return make_plan(args.config, list(args.overrides))
+        return make_plan(args.config, list(args.overrides), user_launcher=user_launcher)
     except ConfigError as err:
-        print(err.report(), file=sys.stderr)
+        print(err.report(), file=sys.stderr, flush=True)
         return None
 
 
