@@ -20,6 +20,8 @@ class Hardware:
     """Whether the flash-attn package is importable."""
     liger: bool = False
     """Whether the liger-kernel package is installed."""
+    vllm: bool = False
+    """Whether the vllm package is installed (online methods' trainer.generation=vllm)."""
 
     @property
     def kind(self) -> str:
@@ -30,25 +32,25 @@ class Hardware:
         """The nodes a Slurm job will get, as the cluster settings describe them (the submitting machine, often
         a login node without GPUs, says nothing about them). flash-attn: whether this environment has it, as
         the nodes share it."""
-        flash, liger = installed("flash_attn"), installed("liger_kernel")
+        flash, liger, vllm = installed("flash_attn"), installed("liger_kernel"), installed("vllm")
         if not gpus_per_node:
-            return cls(flash_attn=flash, liger=liger)
+            return cls(flash_attn=flash, liger=liger, vllm=vllm)
         return cls(gpus=gpus_per_node, gpu_name="Slurm node GPU", gpu_memory_gib=gpu_memory_gib, bf16=bf16,
-                   flash_attn=flash, liger=liger)
+                   flash_attn=flash, liger=liger, vllm=vllm)
 
     @classmethod
     def detect(cls) -> "Hardware":
-        flash, liger = installed("flash_attn"), installed("liger_kernel")
+        flash, liger, vllm = installed("flash_attn"), installed("liger_kernel"), installed("vllm")
         if not gpu_driver_present():  # asking torch costs seconds of imports; without a driver it says no GPU
-            return cls(flash_attn=flash, liger=liger)
+            return cls(flash_attn=flash, liger=liger, vllm=vllm)
         import torch
 
         if not torch.cuda.is_available():
-            return cls(flash_attn=flash, liger=liger)
+            return cls(flash_attn=flash, liger=liger, vllm=vllm)
         props = torch.cuda.get_device_properties(0)
         return cls(gpus=torch.cuda.device_count(), gpu_name=props.name,
                    gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   bf16=torch.cuda.is_bf16_supported(), flash_attn=flash, liger=liger)
+                   bf16=torch.cuda.is_bf16_supported(), flash_attn=flash, liger=liger, vllm=vllm)
 
 
 def gpu_driver_present() -> bool:

@@ -27,6 +27,9 @@ class Method:
     reads: tuple[str, ...] = ()
     """Method-specific configuration keys it reads; a rule about one of these binds only the methods that read it."""
 
+    online: bool = False
+    """It trains on completions it samples from the model itself (prompt-only data; generation in the loop)."""
+
     @property
     def module(self):
         return importlib.import_module(f"launcher.trainers.{self.name}")
@@ -34,6 +37,14 @@ class Method:
 
 _PREFERENCE_PAIRS = "prompt+chosen+rejected (or prompt+text+rejected_text)"
 _PROMPT_LIMITS = ("data.max_prompt_length", "data.max_completion_length")
+_SAMPLING = ("trainer.temperature", "trainer.top_p", "trainer.generation", "trainer.vllm_mode",
+             "trainer.vllm_gpu_memory_utilization", "logging.samples_steps", *_PROMPT_LIMITS)
+_REWARDS = ("trainer.rewards", "trainer.reward_weights", "trainer.format_pattern", "trainer.length_target",
+            "trainer.length_tolerance", "trainer.answer_column", "trainer.answer_pattern", "trainer.json_schema")
+_POLICY_GRADIENT = ("trainer.beta", "trainer.num_generations", "trainer.epsilon", "trainer.epsilon_high",
+                    "trainer.num_iterations", "trainer.steps_per_generation", "trainer.mask_truncated_completions",
+                    *_REWARDS, *_SAMPLING)
+_PROMPTS = "prompt (text, or chat messages ending with a user turn); other columns go to the reward functions"
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sft", "supervised fine-tuning on text, chat, prompt/completion or Alpaca rows",
@@ -62,6 +73,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "frozen reference", ("unpaired", "unpaired_messages"), "prompt+completion+label (or messages+label)",
            reads=("trainer.beta", "trainer.model_ref", "trainer.desirable_weight", "trainer.undesirable_weight",
                   *_PROMPT_LIMITS)),
+    Method("grpo", "group relative policy optimisation: sample a group of completions per prompt, score them with "
+           "the reward functions, and raise the likelihood of the better ones", ("prompt_only",), _PROMPTS,
+           online=True, reads=(*_POLICY_GRADIENT, "trainer.loss_type", "trainer.importance_sampling_level",
+                               "trainer.scale_rewards", "trainer.tools", "trainer.max_tool_calls")),
+    Method("rloo", "REINFORCE leave-one-out: each completion's advantage is its reward minus the mean reward of "
+           "the other completions of its prompt", ("prompt_only",), _PROMPTS, online=True, reads=_POLICY_GRADIENT),
+    Method("distill", "on-policy distillation: the student samples completions and learns the teacher's next-token "
+           "distribution on them", ("prompt_only",), _PROMPTS, online=True,
+           reads=("trainer.teacher", "trainer.beta", "trainer.tools", "trainer.max_tool_calls", *_SAMPLING)),
 )}
 NAMES = tuple(METHODS)
 # AutoTrain's `task: llm` leaves the choice to params.trainer.

@@ -75,7 +75,7 @@ def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware 
     launch_problems, launch_notes = launch.check(cfg, hw, resolution.backend_reason if auto_backend else "",
                                                  user_launcher)
     dir_problems, dir_notes = check_run_dir(cfg)
-    problems += data.problems + resolution.problems + launch_problems + dir_problems
+    problems += data.problems + resolution.problems + _online_problems(cfg, data) + launch_problems + dir_problems
     if problems:
         raise ConfigError(problems, composed.source, composed.origin, composed.places)
     notes = (composed.notes + adopted_notes + unused_keys(cfg) + data.notes + resolution.notes + launch_notes
@@ -88,6 +88,28 @@ def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware 
         plan.blockers.append(Problem("hub.token", "push_to_hub is true but there is no token: set HF_TOKEN "
                                      "(or hub.token) so the upload at the end does not fail after training"))
     return plan
+
+
+def _online_problems(cfg: RunConfig, data: DataCheck) -> list[Problem]:
+    """grpo/rloo's rewards and tools, imported and called on two dummy completions with the data's own columns,
+    and distill's teacher: what trl would only find once the weights are loaded (launcher/rl)."""
+    from launcher.data.load import is_conversational
+    from launcher.methods import METHODS, reads
+
+    name = cfg.trainer.name
+    if not METHODS[name].online:
+        return []
+    from launcher.rl import rewards, teacher, tools
+
+    rows = data.train.rows[:1] if data.train is not None and not data.problems else []
+    problems = []
+    if reads(name, "trainer.rewards"):
+        problems += rewards.check_rewards(cfg, rows, is_conversational(cfg, [data.train]))
+    if reads(name, "trainer.tools") and cfg.trainer.tools:
+        problems += tools.check_tools(cfg)
+    if reads(name, "trainer.teacher"):
+        problems += teacher.check_teacher(cfg)
+    return problems
 
 
 def write_run(plan: Plan, overrides=()):

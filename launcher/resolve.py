@@ -1,6 +1,9 @@
 """The one resolution pass: every `auto` of a configuration becomes concrete for the machine it runs on, in
 this order (each step may read what the steps before it decided):
 
+  0. method defaults      trainer.beta / loss_type null -> the method's (0.1 / sigmoid for the preference
+                          methods, 0 / dapo for grpo, trl's 0.05 for rloo, 1 = reverse KL for distill); online
+                          methods: data.max_completion_length null -> 256 generated tokens
   1. precision            auto -> bf16 / fp16 on GPUs, fp32 on CPU; bf16 without support -> fp16
   2. attention            auto -> flash_attention_2 (GPU + flash-attn) or sdpa; an impossible choice -> sdpa
   3. gradient checkpointing  auto -> on with a GPU, off on CPU; Liger kernels auto -> on with a GPU and
@@ -11,6 +14,8 @@ this order (each step may read what the steps before it decided):
                           (from the allocation in a job's batch step), and cores and memory per node
   7. backend              auto -> none / DDP / ZeRO-2 / ZeRO-3 / ZeRO-3 + offload, from the memory estimate
   8. accumulation         from training.global_batch_size and the world size, when given
+  9. online sampling      grpo/rloo/distill: the rounds of generation (whole groups per process), prompt +
+                          completion within the model's positions, the reference model, vLLM only on GPUs
 
 Each decision is returned as a note that `plan` prints: nothing changes silently. Afterwards the configuration
 is the one source of truth: the launch, the workers and the report only read it.
@@ -49,6 +54,7 @@ class Resolution:
 def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None) -> Resolution:
     """Fill in every `auto` of cfg in place, in the order of the module docstring."""
     out = Resolution()
+    _method_defaults(cfg, out)
     _precision(cfg, hw, out)
     _attention(cfg, hw, out)
     _checkpointing(cfg, hw, out)
@@ -59,6 +65,7 @@ def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None) -> Res
     _processes(cfg, hw, out)
     _backend(cfg, hw, out)
     _accumulation(cfg, out)
+    _online(cfg, hw, out)
     _adapter(cfg, hw, out)
     if cfg.training.deterministic:
         out.notes.append("reproducibility: deterministic kernels; " + (
@@ -73,6 +80,33 @@ def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None) -> Res
     if cfg.logging.report_to == "wandb" and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
         out.notes.append("logging: wandb runs offline (no WANDB_API_KEY); upload later with `wandb sync <run>/wandb`")
     return out
+
+
+# null trainer.beta / loss_type per method: AutoTrain's dpo_beta default for the preference methods, trl's own
+# defaults for the online ones (GRPOConfig: beta 0, loss dapo; RLOOConfig: beta 0.05; DistillationConfig: beta 1).
+_BETA = {"dpo": 0.1, "orpo": 0.1, "cpo": 0.1, "simpo": 0.1, "kto": 0.1, "grpo": 0.0, "rloo": 0.05, "distill": 1.0}
+_LOSS = {"dpo": "sigmoid", "grpo": "dapo"}
+GENERATED_TOKENS = 256
+"""An online method's completion length when data.max_completion_length is null."""
+
+
+def _method_defaults(cfg: RunConfig, out: Resolution) -> None:
+    t, name = cfg.trainer, cfg.trainer.name
+    if t.beta is None and name in _BETA:
+        t.beta = _BETA[name]
+        if METHODS[name].online:
+            meaning = ("the divergence is reverse KL, on-policy distillation's" if name == "distill" else
+                       "no KL penalty and no reference model loaded" if t.beta == 0 else
+                       "a KL penalty to a frozen reference model")
+            out.notes.append(f"{name}: trainer.beta null -> {t.beta:g} ({meaning})")
+    if t.loss_type is None and name in _LOSS:
+        t.loss_type = _LOSS[name]
+        if name == "grpo":
+            out.notes.append("grpo: trainer.loss_type null -> dapo (token losses averaged over the global batch's "
+                             "active tokens: no length bias)")
+    if METHODS[name].online and cfg.data.max_completion_length is None:
+        cfg.data.max_completion_length = GENERATED_TOKENS
+        out.notes.append(f"{name}: data.max_completion_length null -> {GENERATED_TOKENS} generated tokens at most")
 
 
 def _precision(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
@@ -187,7 +221,9 @@ def _processes(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
         from launcher.cluster import resources
 
         if resources.in_batch_step():  # `sbatch slurm/train.sbatch`: the allocation decides
-            out.notes += resources.from_allocation(c)
+            from launcher.cluster import script
+
+            out.notes += resources.from_allocation(c, server_nodes=script.vllm_server_nodes(cfg))
         d.num_nodes = c.nodes
     if d.num_processes is None:
         d.num_processes = max(hw.gpus, 1)
@@ -232,6 +268,70 @@ def _accumulation(cfg: RunConfig, out: Resolution) -> None:
     t.gradient_accumulation = t.global_batch_size // per_pass
     out.notes.append(f"batch: global {t.global_batch_size} = {t.batch_size} per device x {world} "
                      f"process(es) x {t.gradient_accumulation} accumulation steps")
+
+
+def _online(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
+    """What trl's online trainers check only once the model is loaded, or never: a round of generation holds whole
+    groups of completions on each process, prompt and completion fit the model, vLLM runs on GPUs."""
+    t, name = cfg.trainer, cfg.trainer.name
+    if not METHODS[name].online:
+        return
+    _absolute_references(cfg)
+    if t.generation == "vllm" and hw.gpus == 0:
+        out.problems.append(Problem("trainer.generation", "vllm generates with CUDA kernels and this machine has no "
+                                    "GPU: use trainer.generation=transformers (the default)"))
+    elif t.generation == "vllm" and not hw.vllm and not (cfg.cluster.kind == "slurm" and t.vllm_mode == "server"):
+        out.problems.append(Problem("trainer.generation", "vllm is not installed: pip install tunelaunch[vllm] "
+                                    "(or trainer.generation=transformers)"))
+    longest = cfg.data.max_prompt_length + cfg.data.max_completion_length
+    positions = model_positions(cfg)
+    if positions and longest > positions:
+        out.problems.append(Problem("data.max_prompt_length / data.max_completion_length", (
+            f"{cfg.data.max_prompt_length} + {cfg.data.max_completion_length} = {longest} tokens exceed the "
+            f"{positions} positions of {cfg.model.name_or_path}: lower one of them")))
+    if name == "distill":
+        return
+    world = world_size(cfg)
+    rounds = t.steps_per_generation or cfg.training.gradient_accumulation
+    per_round = cfg.training.batch_size * world * rounds
+    if per_round % t.num_generations:
+        out.problems.append(Problem("trainer.num_generations / training.batch_size", (
+            f"a round of generation makes {world} process(es) x batch_size {cfg.training.batch_size} x "
+            f"{'steps_per_generation' if t.steps_per_generation else 'gradient_accumulation'} {rounds} = "
+            f"{per_round} completions, which does not divide into groups of num_generations={t.num_generations} "
+            f"(each prompt's group is scored together): make that product a multiple of {t.num_generations}, "
+            f"e.g. training.batch_size={t.num_generations} or trainer.num_generations="
+            f"{_largest_divisor(per_round, t.num_generations)}")))
+        return
+    reference = ("no reference model (beta 0)" if not t.beta else
+                 "reference: the base with the adapter switched off" if cfg.peft.enabled else
+                 "reference: a frozen copy of the base model (counted in the memory estimate)")
+    out.notes.append(f"{name}: each round samples {per_round // t.num_generations} prompt(s) x "
+                     f"{t.num_generations} completions of up to {cfg.data.max_completion_length} tokens "
+                     f"(sampled with {t.generation}), then {rounds} micro-step(s) learn from them; {reference}")
+
+
+def _absolute_references(cfg: RunConfig) -> None:
+    """Files the rewards, tools, schema and teacher name relative to the working folder, made absolute: the workers
+    (a Slurm job's nodes, a resume from elsewhere) read them from the run's config.yaml wherever they start."""
+    t = cfg.trainer
+
+    def absolute(entry: str) -> str:
+        if entry.startswith("run:"):
+            return "run:" + str(Path(entry[4:]).expanduser().resolve())
+        file, colon, function = entry.rpartition(":")
+        return f"{Path(file).expanduser().resolve()}:{function}" if colon and file.endswith(".py") else entry
+
+    t.rewards = [absolute(e) for e in t.rewards]
+    t.tools = [absolute(e) for e in t.tools]
+    if t.json_schema:
+        t.json_schema = str(Path(t.json_schema).expanduser().resolve())
+    if t.teacher and Path(t.teacher).expanduser().exists():
+        t.teacher = str(Path(t.teacher).expanduser().resolve())
+
+
+def _largest_divisor(total: int, below: int) -> int:
+    return max((g for g in range(2, below + 1) if total % g == 0), default=2)
 
 
 def did_you_mean(name: str, known) -> str:

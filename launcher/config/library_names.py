@@ -48,3 +48,23 @@ def dpo_loss_types() -> list[str]:
                              for k, v in zip(c.keys, c.values) if getattr(k, "value", None) == "help"
                              and isinstance(getattr(v, "value", None), str)), "")
     return re.findall(r"`'(\w+)'`", text.split("If multiple")[0]) or list(_DPO_LOSSES)
+
+
+# trl 1.16's GRPO losses, should its GRPOConfig stop listing them in the help text of loss_type.
+_GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+
+
+def grpo_loss_types() -> list[str]:
+    """The loss names trl's GRPOConfig takes, read from the help text of its loss_type ("Supported values are
+    'grpo', 'dr_grpo', ...") without importing trl; trl 1.16's list stands in should the text change."""
+    spec = importlib.util.find_spec("trl")
+    source = Path(spec.submodule_search_locations[0], "trainer", "grpo_config.py") if spec else None
+    if source is not None and source.is_file():
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "loss_type":
+                text = " ".join(c.value for c in ast.walk(node) if isinstance(c, ast.Constant)
+                                and isinstance(c.value, str))
+                listed = re.search(r"Supported values are ([^.]*)\.", text)
+                if listed:
+                    return re.findall(r"'(\w+)'", listed.group(1)) or list(_GRPO_LOSSES)
+    return list(_GRPO_LOSSES)

@@ -63,8 +63,12 @@ def _convert(tp: Any, raw: Any, path: str, split_text: bool = True) -> tuple[Any
         if raw is None and type(None) in options:
             return None, []
         # `loss_type='sigmoid,sft'` is the list typed as text: try the list before the plain text.
+        # Otherwise text stays text. (typing may hand the options in either order: its Union cache returns an
+        # equal Union built earlier, e.g. Union[list[str], str, None] for Optional[Union[str, list[str]]].)
         if split_text and isinstance(raw, str) and "," in raw:
             options = sorted(options, key=lambda option: typing.get_origin(option) is not list)
+        elif isinstance(raw, str):
+            options = sorted(options, key=lambda option: option is not str)
         for option in options:
             if option is type(None):
                 continue

@@ -90,11 +90,12 @@ class DataConfig:
     """Length of a training sequence (the `default` trainer cuts concatenated text into blocks of it);
     -1 = automatic: min(1024, model max_length). [block_size]"""
     max_prompt_length: int = 128
-    """Longest prompt kept for dpo/orpo/cpo/simpo/kto (longer prompts are truncated, and counted).
+    """Longest prompt kept for dpo/orpo/cpo/simpo/kto/grpo/rloo/distill (longer prompts are truncated: the
+    preference methods count them, the online ones keep the prompt's end).
     [max_prompt_length]"""
     max_completion_length: Optional[int] = None
-    """Longest completion kept for dpo/orpo/cpo/simpo/kto; null = block_size minus the prompt.
-    [max_completion_length]"""
+    """Longest completion kept for dpo/orpo/cpo/simpo/kto; null = block_size minus the prompt. grpo, rloo, distill:
+    the most tokens generated per completion; null = 256. [max_completion_length]"""
     padding_side: Literal["left", "right"] = "right"
     """Side the tokenizer pads on. [padding]"""
     packing: bool = False
@@ -114,20 +115,29 @@ class DataConfig:
 class TrainerConfig:
     name: TrainerName = "sft"
     """Training method, one of launcher.methods: default (causal LM on blocks of text), sft, reward, dpo, orpo,
-    cpo, simpo or kto. [trainer, task]"""
+    cpo, simpo, kto, and the online methods that learn from the model's own samples: grpo, rloo and distill.
+    [trainer, task]"""
     train_on: Literal["completion", "all"] = "completion"
     """sft loss on the assistant turns / completion only (with their end-of-turn token), or on all tokens."""
-    beta: float = 0.1
+    beta: Optional[float] = None
     """dpo: strength of the KL penalty to the reference model (ipo: its regularisation tau); orpo: weight of the
     odds-ratio loss; cpo/simpo: scale of the reward (the SimPO paper uses 2.0-2.5, with simpo_gamma about half
-    of it); kto: how far the policy may move from the reference (the KTO paper uses 0.1). [dpo_beta]"""
+    of it); kto: how far the policy may move from the reference (the KTO paper uses 0.1); grpo/rloo: the KL
+    penalty to the reference model (0 = no reference model is loaded; DeepSeek-R1 used 0.001); distill: which
+    divergence from the teacher, 0 = forward KL, 0.5 = Jensen-Shannon, 1 = reverse KL (on-policy distillation's).
+    null = the method's default, stated by `plan`: 0.1 (dpo, orpo, cpo, simpo, kto), 0 (grpo, rloo), 1 (distill).
+    [dpo_beta]"""
     model_ref: Optional[str] = None
     """dpo, kto: reference model; null uses the base model (with LoRA: the base without the adapter). [model_ref]"""
-    loss_type: Union[str, list[str]] = "sigmoid"
+    loss_type: Optional[Union[str, list[str]]] = None
     """dpo: the loss, one of trl's DPOConfig.loss_type: sigmoid (DPO), hinge (SLiC), ipo, exo_pair, nca_pair,
     robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm. A list
     sums several, weighted by loss_weights: [sigmoid, bco_pair, sft] with weights [0.8, 0.2, 1.0] is MPO. Write a
-    list `trainer.loss_type=[sigmoid,sft]`, `"trainer.loss_type='sigmoid,sft'"` or as a YAML list."""
+    list `trainer.loss_type=[sigmoid,sft]`, `"trainer.loss_type='sigmoid,sft'"` or as a YAML list.
+    grpo: how the token losses are aggregated, one of trl's GRPOConfig.loss_type: grpo (per-sequence mean: a
+    length bias), dapo (over the active tokens of the global batch), dr_grpo (over a constant: Dr. GRPO), bnpo,
+    cispo, sapo, luspo (GSPO's, with importance_sampling_level=sequence), vespo.
+    null = the method's default, stated by `plan`: sigmoid (dpo), dapo (grpo)."""
     loss_weights: Optional[list[float]] = None
     """dpo: one weight per loss_type entry; null = 1.0 each. Write `trainer.loss_weights=[0.8,0.2]`,
     `"trainer.loss_weights='0.8,0.2'"` or a YAML list."""
@@ -146,6 +156,81 @@ class TrainerConfig:
     balance and a weight that fits."""
     undesirable_weight: float = 1.0
     """kto: weight of the loss on undesirable (label false) completions (see desirable_weight)."""
+    num_generations: int = 8
+    """grpo, rloo: completions sampled per prompt (the group whose rewards are compared). The global batch
+    (processes x training.batch_size x steps_per_generation) must divide by it: each group stays on one process."""
+    temperature: float = 1.0
+    """grpo, rloo, distill: sampling temperature of the completions (distill: also of the divergence)."""
+    top_p: float = 1.0
+    """grpo, rloo, distill: nucleus sampling of the completions, in (0, 1]; 1 = all tokens."""
+    epsilon: float = 0.2
+    """grpo, rloo: the clip range of the importance ratio (PPO's epsilon), lower side."""
+    epsilon_high: Optional[float] = None
+    """grpo, rloo: upper clip range (DAPO's clip-higher: 0.28); null = epsilon."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """grpo: importance ratios per token, or per sequence (the mean token log-ratio: GSPO)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """grpo: divide the advantages by the reward std of the group, of the whole batch, or not at all (Dr. GRPO:
+    none, which removes the question-difficulty bias)."""
+    num_iterations: int = 1
+    """grpo, rloo: optimisation passes over each batch of generations (mu in the GRPO paper); above 1 the
+    importance ratio and clipping matter."""
+    steps_per_generation: Optional[int] = None
+    """grpo, rloo: optimizer micro-steps served by one round of generation; null = training.gradient_accumulation.
+    A round generates processes x batch_size x steps_per_generation completions."""
+    mask_truncated_completions: bool = False
+    """grpo, rloo: leave completions that hit data.max_completion_length out of the loss (DAPO)."""
+    rewards: list[str] = field(default_factory=list)
+    """grpo, rloo: the reward functions, summed (weighted by reward_weights). Each entry is one of:
+    a shipped function: `format` (the completion matches trainer.format_pattern), `length` (near
+    trainer.length_target tokens), `exact_match` (equals the data column trainer.answer_column), `math` (the same
+    mathematical answer as that column, through math-verify), `json_schema` (parses as JSON and validates
+    against trainer.json_schema);
+    your function, `package.module:function` or `path/to/file.py:function`, called as trl calls it:
+    `f(prompts=, completions=, completion_ids=, **data_columns, trainer_state=, log_extra=, log_metric=)`, so
+    it takes the arguments it reads and `**kwargs`, and returns one float (or None = no opinion) per completion;
+    a reward model trained with trainer=reward: `run:runs/my-rm` (its tokenizer and chat template are used).
+    `plan` imports each one and calls it on two dummy completions with your data's columns. Write
+    `trainer.rewards=[format,math]` or a YAML list."""
+    reward_weights: Optional[list[float]] = None
+    """grpo, rloo: one weight per entry of rewards; null = 1.0 each."""
+    format_pattern: str = r"^<answer>.*</answer>$"
+    """grpo, rloo: the regular expression of the `format` reward: 1.0 when it matches the completion (searched,
+    with . matching newlines: anchor it with ^ and $ for the whole completion), else 0.0."""
+    length_target: int = 64
+    """grpo, rloo: the `length` reward's target, in tokens of the completion."""
+    length_tolerance: int = 16
+    """grpo, rloo: the `length` reward is 1.0 within this many tokens of length_target; beyond that it falls
+    linearly, reaching 0.0 once the completion is off by length_tolerance + length_target tokens."""
+    answer_column: str = "answer"
+    """grpo, rloo: the data column the `exact_match` and `math` rewards compare a completion with."""
+    answer_pattern: Optional[str] = None
+    """grpo, rloo: a regular expression with one group that picks the answer out of a completion for
+    `exact_match` and `math` (its last match), e.g. `<answer>(.*?)</answer>`; null = the whole completion."""
+    json_schema: Optional[str] = None
+    """grpo, rloo: a JSON Schema file for the `json_schema` reward (1.0: parses and validates; 0.5: parses only)."""
+    tools: list[str] = field(default_factory=list)
+    """grpo, distill: Python functions the model may call during its rollouts (`package.module:function` or
+    `path/to/file.py:function`, with a type hint for every argument and a Google-style docstring describing each
+    under `Args:`: they become the tool's schema); the result is
+    fed back as a tool turn. Needs a chat template that renders tool calls (data.chat_template=tokenizer on a
+    model trained for tools, or qwen3)."""
+    max_tool_calls: Optional[int] = None
+    """grpo, distill: the most tool calls in one rollout; null = until the model stops calling or the completion
+    length is used up."""
+    teacher: Optional[str] = None
+    """distill: the teacher model, a hub id, a local folder or a finished run folder (its saved model, an adapter
+    merged onto its base). It must share the student's vocabulary."""
+    generation: Literal["transformers", "vllm"] = "transformers"
+    """grpo, rloo, distill: what samples the completions: transformers' generate (CPU and GPU), or vLLM (GPUs only,
+    `pip install tunelaunch[vllm]`)."""
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    """With generation=vllm: colocate runs vLLM inside each training process (sharing its GPU: see
+    vllm_gpu_memory_utilization); server sends the prompts to a `trl vllm-serve` server (on Slurm, `submit` starts it
+    on cluster.vllm_nodes nodes of its own)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """With generation=vllm and vllm_mode=colocate: the share of each GPU's memory vLLM takes (its weights and KV
+    cache); training gets the rest, and the memory estimate counts it."""
 
 
 @dataclass
@@ -298,6 +383,9 @@ class LoggingConfig:
     steps: int = -1
     """Log every this many optimizer steps; -1 = automatic (about 25 logs per run, at least every step
     for short runs). [logging_steps]"""
+    samples_steps: Optional[int] = None
+    """grpo, rloo, distill: every this many steps, the sampled prompts, completions and rewards are appended to
+    `samples.jsonl` in the run folder; null = every logging step, 0 = never."""
 
 
 @dataclass
@@ -436,6 +524,9 @@ class ClusterConfig:
     """Time limit of the preprocessing job."""
     preprocess_cpus: int = 1
     """CPU cores of the preprocessing job (tokenising runs in one process)."""
+    vllm_nodes: int = 1
+    """With trainer.generation=vllm and vllm_mode=server: nodes of the job that run the vLLM server (its own srun
+    step), beside cluster.nodes training nodes."""
     preprocess_mem: Optional[str] = None
     """Memory of the preprocessing job (null = the partition's default)."""
 

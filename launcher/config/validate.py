@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 from launcher import methods
 from launcher.config.errors import Problem, did_you_mean
-from launcher.config.library_names import dpo_loss_types, enum_values
+from launcher.config.library_names import dpo_loss_types, enum_values, grpo_loss_types
 from launcher.config.schema import RunConfig
 from launcher.data.templates import NAMES as TEMPLATE_NAMES
 
@@ -152,14 +152,21 @@ def _lora_init(init: str, r: int) -> Iterator[Problem]:
 def preference_losses(cfg):
     """The preference trainers' loss settings, each checked only for the methods that read it."""
     t, reads = cfg.trainer, lambda key: methods.reads(t.name, key)
-    if reads("trainer.beta") and t.beta <= 0:
-        yield Problem("trainer.beta", f"must be positive, got {t.beta}")
+    online = methods.METHODS[t.name].online
+    if reads("trainer.beta") and t.beta is not None and (t.beta < 0 if online else t.beta <= 0):
+        yield Problem("trainer.beta", f"must be {'0 or more' if online else 'positive'}, got {t.beta}")
+    if t.name == "distill" and t.beta is not None and t.beta > 1:
+        yield Problem("trainer.beta", f"distill: the divergence's mix in [0, 1] (0 forward KL, 0.5 Jensen-Shannon, "
+                      f"1 reverse KL), got {t.beta}")
     if reads("trainer.label_smoothing") and not 0 <= t.label_smoothing < 0.5:
         yield Problem("trainer.label_smoothing", f"must be in [0, 0.5), got {t.label_smoothing}")
     for key, value in (("trainer.simpo_gamma", t.simpo_gamma), ("trainer.cpo_alpha", t.cpo_alpha)):
         if reads(key) and value is not None and value < 0:
             yield Problem(key, f"must not be negative, got {value}")
-    if not reads("trainer.loss_type"):
+    if not reads("trainer.loss_type") or t.loss_type is None:
+        return
+    if t.name == "grpo":
+        yield from _grpo_loss(cfg)
         return
     losses = [t.loss_type] if isinstance(t.loss_type, str) else t.loss_type
     known = dpo_loss_types()
@@ -176,6 +183,56 @@ def preference_losses(cfg):
     if "exo_pair" in losses and t.label_smoothing == 0:
         yield Problem("trainer.label_smoothing / trainer.loss_type",
                       "exo_pair needs label_smoothing above 0 (its paper uses 1e-3)")
+
+
+def _grpo_loss(cfg) -> Iterator[Problem]:
+    t = cfg.trainer
+    known = grpo_loss_types()
+    if not isinstance(t.loss_type, str):
+        yield Problem("trainer.loss_type", f"grpo takes one loss, got the list {t.loss_type}: one of {', '.join(known)}")
+    elif t.loss_type not in known:
+        yield Problem("trainer.loss_type", f"unknown GRPO loss '{t.loss_type}'.{did_you_mean(t.loss_type, known)} "
+                      f"Known: {', '.join(known)}")
+    elif t.loss_type == "luspo" and t.importance_sampling_level != "sequence":
+        yield Problem("trainer.loss_type / trainer.importance_sampling_level", "luspo is a sequence-level loss: set "
+                      "trainer.importance_sampling_level=sequence")
+
+
+@rule
+def online_methods(cfg):
+    """The sampling and policy-gradient settings of grpo, rloo and distill, each checked for the methods reading it."""
+    t, reads = cfg.trainer, lambda key: methods.reads(cfg.trainer.name, key)
+    if not methods.METHODS[t.name].online:
+        return
+    if reads("trainer.num_generations") and t.num_generations < 2:
+        yield Problem("trainer.num_generations", f"needs at least 2 completions per prompt (their rewards are "
+                      f"compared within the group), got {t.num_generations}")
+    if t.temperature <= 0:
+        yield Problem("trainer.temperature", f"must be positive (the completions are sampled), got {t.temperature}")
+    if not 0 < t.top_p <= 1:
+        yield Problem("trainer.top_p", f"must be in (0, 1], got {t.top_p}")
+    if reads("trainer.epsilon") and t.epsilon <= 0:
+        yield Problem("trainer.epsilon", f"must be positive, got {t.epsilon}")
+    if reads("trainer.epsilon_high") and t.epsilon_high is not None and t.epsilon_high < t.epsilon:
+        yield Problem("trainer.epsilon_high", f"{t.epsilon_high} is below trainer.epsilon={t.epsilon}: the upper clip "
+                      "range is at least the lower one (DAPO's clip-higher: 0.28 over 0.2)")
+    for key, value in (("trainer.num_iterations", t.num_iterations),
+                       ("trainer.steps_per_generation", t.steps_per_generation)):
+        if reads(key) and value is not None and value < 1:
+            yield Problem(key, f"must be 1 or more, got {value}")
+    if reads("trainer.num_generations") and cfg.training.auto_find_batch_size:
+        yield Problem("training.auto_find_batch_size", f"{t.name} keeps each prompt's group of completions "
+                      "together, which halving the batch on out-of-memory would break: set it to false and lower "
+                      "training.batch_size")
+    if cfg.data.max_completion_length is not None and cfg.data.max_completion_length < 1:
+        yield Problem("data.max_completion_length", f"must be at least 1 token, got {cfg.data.max_completion_length}")
+    if reads("logging.samples_steps") and cfg.logging.samples_steps is not None and cfg.logging.samples_steps < 0:
+        yield Problem("logging.samples_steps", f"must be 0 (never) or more, got {cfg.logging.samples_steps}")
+    if reads("trainer.max_tool_calls") and t.max_tool_calls is not None and t.max_tool_calls < 1:
+        yield Problem("trainer.max_tool_calls", f"must be 1 or more (null = no limit), got {t.max_tool_calls}")
+    if t.vllm_mode == "colocate" and not 0 < t.vllm_gpu_memory_utilization < 1:
+        yield Problem("trainer.vllm_gpu_memory_utilization", f"a share of the GPU in (0, 1), got "
+                      f"{t.vllm_gpu_memory_utilization}")
 
 
 @rule

@@ -44,10 +44,15 @@ FORMATS = (
     Format("unpaired_messages", ("messages", "label")),
     Format("messages", ("messages",)),
     Format("text", ("text",)),
+    # The online methods' prompts: every other column goes along to the reward functions (e.g. a reference answer).
+    Format("prompt_only", ("prompt",)),
 )
 # Single completions, each labelled desirable or undesirable (kto); both normalise to prompt/completion/label.
 UNPAIRED = ("unpaired", "unpaired_messages")
 BY_NAME = {f.name: f for f in FORMATS}
+# Rows that hold answers to learn from, not prompts to sample: given to an online method they are refused (naming
+# the format and its trainers) rather than read as prompts with extra columns.
+OFFLINE_ANSWERS = ("preference", "reward_pair", "unpaired", "unpaired_messages")
 # AutoTrain names the preferred and rejected answers `text` and `rejected_text`.
 PREFERENCE_ALIASES = {"text": "chosen", "rejected_text": "rejected"}
 
@@ -67,6 +72,8 @@ def rename_map(cfg: DataConfig, trainer: str) -> dict[str, str]:
     if preference:
         if cols.text_column != "text" or cols.rejected_text_column:
             mapping[cols.text_column] = "chosen"
+    elif METHODS[trainer].online:
+        pass  # a prompt column (prompt_text_column, below) and whatever columns the rewards read
     elif set(UNPAIRED) & set(METHODS[trainer].formats):
         if cols.text_column != "text" or cols.prompt_text_column:
             mapping[cols.text_column] = "completion"
@@ -106,8 +113,14 @@ def detect(columns: list[str], cfg: DataConfig, trainer: str, first_row: dict) -
         if fmt.name == "messages" and "text" in columns:
             return fmt  # a text column holding the message lists
         return fmt if set(fmt.columns) <= set(columns) else None
+    if "prompt_only" in METHODS[trainer].formats:
+        answers = next((BY_NAME[n] for n in OFFLINE_ANSWERS if set(BY_NAME[n].columns) <= set(columns)), None)
+        if answers is not None:
+            return answers  # preference or labelled rows are not prompts: the caller says which trainer reads them
     # A format the trainer takes wins over an earlier one it does not (sft rows may carry a label column).
     for fmt in sorted(FORMATS, key=lambda f: trainer not in f.trainers):
+        if fmt.name == "prompt_only" and trainer not in fmt.trainers:
+            continue  # a lone prompt column is a half-written layout for the others: "no layout" says what they need
         if set(fmt.columns) <= set(columns):
             if fmt.name == "text" and _is_messages(first_row.get("text")):
                 return BY_NAME["messages"]  # a text column holding chat messages (AutoTrain allows it)
@@ -124,6 +137,8 @@ def normalise(row: dict, fmt: Format, label_column: str = "label", roles: Mappin
     if fmt.name == "alpaca":
         return {"instruction": _text(row, "instruction", fmt), "input": row.get("input") or "",
                 "output": _text(row, "output", fmt)}
+    if fmt.name == "prompt_only":
+        return {**row, "prompt": _prompt(row, fmt, roles)}
     if fmt.name == "unpaired_messages":
         return {**_split_conversation(parse_messages(row.get("messages"), roles=roles)),
                 "label": parse_label(row.get("label"), label_column)}
@@ -140,6 +155,18 @@ def normalise(row: dict, fmt: Format, label_column: str = "label", roles: Mappin
         else:
             out[col] = _text(row, col, fmt)
     return out
+
+
+def _prompt(row: dict, fmt: Format, roles: Mapping[str, str]):
+    """An online method's prompt: text, or a conversation ending with the user turn the model answers."""
+    value = row.get("prompt")
+    if not _is_messages(value):
+        return _text(row, "prompt", fmt)
+    messages = parse_messages(value, need_assistant=False, roles=roles)
+    if messages[-1]["role"] != "user":
+        raise RowError(f"prompt: the last turn must be the user turn the model answers, got {messages[-1]['role']!r} "
+                       "(leave the answer out: the model samples it)")
+    return messages
 
 
 def parse_messages(value, need_assistant: bool = True, roles: Mapping[str, str] = {}) -> list[dict]:

@@ -145,6 +145,15 @@ def preference_row(row: dict, conversational: bool) -> dict:
     return {k: _turns(row[k], role[k]) for k in keys}
 
 
+def prompt_row(row: dict, conversational: bool) -> dict:
+    """A canonical prompt-only row as trl's online trainers take it: `prompt` as text or, conversational, as a
+    message list (a string becomes the user turn, as `tunelaunch generate` renders it); the other columns as they
+    are, for the reward functions."""
+    if not conversational:
+        return dict(row)
+    return {**row, "prompt": _turns(row["prompt"], "user")}
+
+
 def unpaired_row(row: dict, conversational: bool) -> dict:
     """A canonical unpaired row as the kto trainer (trl) takes it: `prompt`, `completion` and a boolean `label`;
     conversational, a string prompt becomes the user turn and a string completion the assistant turn."""
@@ -181,6 +190,9 @@ def conversations(row: dict, fmt: str) -> list[list[dict]]:
             {"role": "user", "content": prompt}]
         return [prompt_msgs + (row[k] if isinstance(row[k], list) else [{"role": "assistant", "content": row[k]}])
                 for k in ("chosen", "rejected")]
+    if fmt == "prompt_only":
+        prompt = row["prompt"]
+        return [prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]]
     if fmt in formats.UNPAIRED:
         sample = unpaired_row(row, conversational=True)
         return [sample["prompt"] + sample["completion"]]
@@ -531,8 +543,11 @@ def _wrong_format(cfg: RunConfig, where: str, fmt, columns: list[str]) -> Proble
             f"{where}: rows are {fmt.name} ({', '.join(fmt.columns)}) with no label column: the {trainer} trainer "
             "needs each completion labelled true/1 (desirable) or false/0 (undesirable) in a column `label`; add "
             f"one, or name yours with data.column_mapping.label_column=<column>{pairs}"))
-    return Problem("data.format", (f"{where}: rows are {fmt.name} ({', '.join(fmt.columns)}), which the {trainer} "
-                                   f"trainer cannot use; it takes {', '.join(takes)}"))
+    readers = f" (read by trainer={', '.join(fmt.trainers)})" if fmt.trainers else ""
+    online = ("; for prompts to sample from, give a `prompt` column (other columns go to the reward functions) "
+              "without chosen/rejected or label columns") if METHODS[trainer].online else ""
+    return Problem("data.format", (f"{where}: rows are {fmt.name} ({', '.join(fmt.columns)}){readers}, which the "
+                                   f"{trainer} trainer cannot use; it takes {', '.join(takes)}{online}"))
 
 
 def _text_like(found: list[str]) -> list[str]:

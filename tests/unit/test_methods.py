@@ -20,7 +20,7 @@ from tests.unit.helpers import REPO
 def test_names_are_the_rows():
     assert NAMES == tuple(METHODS) and len(set(NAMES)) == len(NAMES)
     assert all(name == row.name for name, row in METHODS.items())
-    assert set(NAMES) == {"sft", "default", "reward", "dpo", "orpo", "cpo", "simpo", "kto"}
+    assert set(NAMES) == {"sft", "default", "reward", "dpo", "orpo", "cpo", "simpo", "kto", "grpo", "rloo", "distill"}
 
 
 def test_the_schemas_trainer_choices_are_the_methods():
@@ -46,6 +46,7 @@ def test_each_formats_trainers_derive_from_the_methods():
     assert formats.BY_NAME["preference"].trainers == ("reward", "dpo", "orpo", "cpo", "simpo")
     assert formats.BY_NAME["unpaired"].trainers == formats.BY_NAME["unpaired_messages"].trainers == ("kto",)
     assert formats.BY_NAME["text"].trainers == ("sft", "default")
+    assert formats.BY_NAME["prompt_only"].trainers == ("grpo", "rloo", "distill")
     assert not hasattr(formats, "PREFERENCE_TRAINERS")
 
 
@@ -55,6 +56,7 @@ def test_pairs_methods_take_pairs():
         assert bool(pair_formats) == row.pairs, row.name
         assert row.needs
     assert [m.name for m in METHODS.values() if m.score_head] == ["reward"]
+    assert [m.name for m in METHODS.values() if m.online] == ["grpo", "rloo", "distill"]
 
 
 def test_the_keys_methods_read_are_schema_keys():
@@ -62,7 +64,10 @@ def test_the_keys_methods_read_are_schema_keys():
     for row in METHODS.values():
         assert set(row.reads) <= keys, row.name
     assert methods.reads("dpo", "trainer.model_ref") and not methods.reads("orpo", "trainer.model_ref")
-    assert methods.readers("data.max_prompt_length") == ["dpo", "orpo", "cpo", "simpo", "kto"]
+    assert methods.readers("data.max_prompt_length") == ["dpo", "orpo", "cpo", "simpo", "kto", "grpo", "rloo",
+                                                         "distill"]
+    assert methods.readers("trainer.rewards") == ["grpo", "rloo"]
+    assert methods.readers("trainer.tools") == ["grpo", "distill"]  # trl's RLOOTrainer takes no tools
     assert methods.readers("trainer.train_on") == ["sft"]
     assert methods.readers("data.block_size") == []  # read by every method: not a method-specific key
 
@@ -79,7 +84,7 @@ def test_every_method_has_a_trainer_file_with_train(name):
 
 
 def test_no_trainer_file_without_a_method():
-    support = {"__init__", "common", "sft_step"}  # shared builders; sft's trainer class
+    support = {"__init__", "common", "sft_step", "online"}  # shared builders; sft's trainer class; online methods'
     files = {p.stem for p in (REPO / "launcher" / "trainers").glob("*.py")} - support
     assert files == set(NAMES)
 

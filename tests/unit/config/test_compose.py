@@ -137,7 +137,8 @@ def test_native_file_trainer_name_selects_the_group(tmp_path):
 
 def test_group_and_recipe_listings():
     assert group_options("trainer") == sorted(NAMES)  # one conf/trainer/ option per method
-    assert group_options("trainer") == ["cpo", "default", "dpo", "kto", "orpo", "reward", "sft", "simpo"]
+    assert group_options("trainer") == ["cpo", "default", "distill", "dpo", "grpo", "kto", "orpo", "reward", "rloo",
+                                        "sft", "simpo"]
     assert "sft/chat_tiny" in recipe_names()
 
 

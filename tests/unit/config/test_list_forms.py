@@ -23,10 +23,14 @@ def nested(key: str, value) -> dict:
 
 def test_the_list_keys_are_the_ones_this_test_knows():
     assert list_keys() == {"peft.target_modules", "peft.modules_to_save", "trainer.loss_type",
-                           "trainer.loss_weights", "cluster.container.mounts", *LINE_LISTS}
+                           "trainer.loss_weights", "cluster.container.mounts", "trainer.rewards",
+                           "trainer.reward_weights", "trainer.tools", *LINE_LISTS}
 
 
-@pytest.mark.parametrize("key", sorted(list_keys() - LINE_LISTS - {"trainer.loss_weights"}))
+NUMBER_LISTS = {"trainer.loss_weights", "trainer.reward_weights"}
+
+
+@pytest.mark.parametrize("key", sorted(list_keys() - LINE_LISTS - NUMBER_LISTS))
 def test_every_list_of_names_takes_a_comma_string(key):
     cfg, problems = from_dict(RunConfig, nested(key, "first, second"))
     assert not problems, problems
@@ -43,8 +47,8 @@ def test_a_comma_inside_a_shell_line_stays(key):
 
 
 def test_loss_weights_from_a_comma_string_are_numbers():
-    cfg, problems = from_dict(RunConfig, {"trainer": {"loss_weights": "0.8, 0.2"}})
-    assert not problems and cfg.trainer.loss_weights == [0.8, 0.2]
+    cfg, problems = from_dict(RunConfig, {"trainer": {"loss_weights": "0.8, 0.2", "reward_weights": "1, 0.5"}})
+    assert not problems and cfg.trainer.loss_weights == [0.8, 0.2] and cfg.trainer.reward_weights == [1.0, 0.5]
 
 
 def test_a_single_name_stays_text_where_text_is_allowed_and_is_a_list_where_not():

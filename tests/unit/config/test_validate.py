@@ -45,9 +45,9 @@ def test_block_size_equal_to_max_length_is_fine():
 PROMPT_READERS = methods.readers("data.max_prompt_length")
 
 
-def test_the_prompt_limits_are_read_by_dpo_and_orpo_only():
+def test_the_prompt_limits_are_read_by_the_preference_and_online_methods_only():
     assert sorted(PROMPT_READERS) == sorted(methods.readers("data.max_completion_length")) == sorted(
-        ["dpo", "orpo", "cpo", "simpo", "kto"])
+        ["dpo", "orpo", "cpo", "simpo", "kto", "grpo", "rloo", "distill"])
 
 
 @pytest.mark.parametrize("trainer", methods.NAMES)
@@ -98,7 +98,17 @@ UNREAD_VALUES = {"data.max_prompt_length": 100_000, "data.max_completion_length"
                  "trainer.beta": -1.0, "trainer.model_ref": "org/reference", "trainer.train_on": "all",
                  "trainer.desirable_weight": -1.0, "trainer.undesirable_weight": -1.0,
                  "trainer.loss_type": "sigmod", "trainer.loss_weights": [1.0, 2.0], "trainer.label_smoothing": 0.7,
-                 "trainer.simpo_gamma": -1.0, "trainer.cpo_alpha": -1.0, "training.neftune_noise_alpha": -1.0}
+                 "trainer.simpo_gamma": -1.0, "trainer.cpo_alpha": -1.0, "training.neftune_noise_alpha": -1.0,
+                 # the online methods' keys (the rewards' and tools' own checks run in plan: launcher/rl)
+                 "trainer.num_generations": 1, "trainer.temperature": 0.0, "trainer.top_p": 2.0,
+                 "trainer.epsilon": 0.0, "trainer.epsilon_high": 0.01, "trainer.importance_sampling_level": "sequence",
+                 "trainer.scale_rewards": "none", "trainer.num_iterations": 0, "trainer.steps_per_generation": 0,
+                 "trainer.mask_truncated_completions": True, "trainer.rewards": ["formt"],
+                 "trainer.reward_weights": [1.0, 2.0], "trainer.format_pattern": "(", "trainer.length_target": -1,
+                 "trainer.length_tolerance": -1, "trainer.answer_column": "", "trainer.answer_pattern": "(",
+                 "trainer.json_schema": "/nonexistent.json", "trainer.tools": ["x:y"], "trainer.max_tool_calls": 0,
+                 "trainer.teacher": "org/teacher", "trainer.generation": "vllm", "trainer.vllm_mode": "server",
+                 "trainer.vllm_gpu_memory_utilization": 2.0, "logging.samples_steps": -1}
 UNREAD_CASES = [(key, m) for key in sorted({k for row in methods.METHODS.values() for k in row.reads})
                 for m in methods.NAMES if not methods.reads(m, key)]
 
