@@ -17,7 +17,7 @@ def memory_line(plan: Plan) -> str:
     if not hw.gpus or not hw.gpu_memory_gib:
         return f"{est.describe('process')}; no GPU here to compare with"
     verdict = "fits" if est.fits(hw.gpu_memory_gib) else "does NOT fit"
-    return f"{est.describe()} vs {hw.gpu_memory_gib:g} GiB per GPU: {verdict} (limit 90%)"
+    return f"{est.describe()} vs {hw.gpu_memory_gib:g} GiB per GPU: {verdict} (limit {est.usable_fraction:.0%})"
 
 
 def render_plan(plan: Plan, brief: bool = False, show_config: bool = False) -> str:

@@ -130,9 +130,10 @@ def allocation_time_limit(job_id: str) -> str | None:
     return limit if done.returncode == 0 and re.match(r"^[\d:-]+$", limit or "-x") else None
 
 
-def from_allocation(cluster, env: dict | None = None) -> list[str]:
+def from_allocation(cluster, env: dict | None = None, server_nodes: int = 0) -> list[str]:
     """Inside the batch step: the allocation decides nodes, GPUs, cores, memory, partition and time limit, so
-    that job.sbatch (written from it) resubmits the same shape. Returns the notes."""
+    that job.sbatch (written from it) resubmits the same shape. Returns the notes. `server_nodes` of the
+    allocation run the vLLM server (launcher.cluster.script.vllm_server_nodes), not training."""
     env = os.environ if env is None else env
     notes = []
 
@@ -143,8 +144,8 @@ def from_allocation(cluster, env: dict | None = None) -> list[str]:
             setattr(cluster, key, value)
 
     if env.get("SLURM_JOB_NUM_NODES"):
-        nodes = int(env["SLURM_JOB_NUM_NODES"])
-        take("nodes", nodes, f"{nodes} node(s)")
+        nodes = int(env["SLURM_JOB_NUM_NODES"]) - server_nodes
+        take("nodes", nodes, f"{nodes} node(s)" + (f" for training, besides {server_nodes} for vLLM" if server_nodes else ""))
     gpus = env.get("SLURM_GPUS_PER_NODE") or env.get("SLURM_GPUS_ON_NODE")
     if gpus:
         take("gpus_per_node", int(gpus.rsplit(":", 1)[-1]), f"{gpus} GPU(s) per node")

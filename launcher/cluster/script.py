@@ -6,7 +6,11 @@ itself runs in the srun tasks, inside the container when `cluster.container` is 
     rendezvous      the allocation's first host (`scontrol show hostnames`, on the host, never in a container) and
                     a port from the job id, given to every task as TUNELAUNCH_MASTER_ADDR / _PORT
     record          the job's events go to RUN/jobs.tsv (launcher.cluster.jobs reads them)
-    srun            one task per node: setup lines, then `python -m launcher.cluster.node RUN`; SIGUSR1 (the time
+    vLLM server     (trainer.generation=vllm, vllm_mode=server) the job has cluster.vllm_nodes more nodes, the
+                    last ones: `trl vllm-serve` runs there as its own srun step, the batch step waits until it
+                    answers and gives its address to the training tasks as TUNELAUNCH_VLLM_URL; an EXIT trap ends
+                    it with the batch step
+    srun            one task per training node: setup lines, then `python -m launcher.cluster.node RUN`; SIGUSR1 (the time
                     limit's warning, `scancel --signal=USR1 --batch`) and SIGTERM are passed on, the workers save
     decide          from RUN/run_state.json: finished; stopped with a checkpoint -> requeue while preemptions and
                     time limits stay within cluster.max_requeues; failed -> requeue from the newest checkpoint
@@ -35,6 +39,11 @@ CODE_DIR = "code"
 # their local ports, so a port is rarely taken when the job starts; two jobs sharing a node differ by job id.
 PORT_BASE, PORT_RANGE = 10000, 20000
 NODE_MODULE = "launcher.cluster.node"
+VLLM_PORT = 8000
+VLLM_URL_VARIABLE = "TUNELAUNCH_VLLM_URL"
+"""launcher.trainers.online.VLLM_URL_VARIABLE (not imported: that module imports transformers)."""
+VLLM_WAIT_SECONDS = 1800
+"""How long the batch step waits for the vLLM server: a first start downloads the model and compiles kernels."""
 
 
 def log_dir(cfg: RunConfig, run_dir: Path) -> Path:
@@ -53,6 +62,21 @@ def python_for(cfg: RunConfig) -> str:
     return "python3" if cfg.cluster.container.kind != "none" else sys.executable
 
 
+def vllm_server_nodes(cfg: RunConfig) -> int:
+    """Nodes of the job that run the vLLM server rather than training: cluster.vllm_nodes with
+    trainer.generation=vllm and vllm_mode=server, else none."""
+    from launcher.methods import METHODS
+
+    t = cfg.trainer
+    served = METHODS[t.name].online and t.generation == "vllm" and t.vllm_mode == "server"
+    return cfg.cluster.vllm_nodes if served else 0
+
+
+def job_nodes(cfg: RunConfig) -> int:
+    """All nodes of the training job: the training nodes, then the vLLM server's."""
+    return cfg.cluster.nodes + vllm_server_nodes(cfg)
+
+
 def port_for(job_id: str) -> int:
     """The rendezvous port of a job (the batch script computes the same in shell)."""
     return PORT_BASE + int(re.sub(r"\D", "", job_id) or 0) % PORT_RANGE
@@ -67,7 +91,7 @@ def _flag(name: str, value) -> list[str]:
 def directives(cfg: RunConfig, name: str, output: str, nodes: int | None = None) -> list[str]:
     """The training job's options (the array's too)."""
     c = cfg.cluster
-    lines = [f"--job-name={name}", f"--nodes={c.nodes if nodes is None else nodes}", "--ntasks-per-node=1"]
+    lines = [f"--job-name={name}", f"--nodes={job_nodes(cfg) if nodes is None else nodes}", "--ntasks-per-node=1"]
     if c.gpus_per_node and not c.gres:
         lines.append(f"--gpus-per-node={c.gpus_per_node}")
     for flag, value in (("gres", c.gres), ("cpus-per-task", c.cpus_per_task), ("cpus-per-gpu", c.cpus_per_gpu),
@@ -144,10 +168,42 @@ def srun_line(cfg: RunConfig, run_dir: Path, cwd: Path) -> list[str]:
     line = ["srun", "--unbuffered", f"--nodes={c.nodes}", f"--ntasks={c.nodes}", "--ntasks-per-node=1"]
     line += _flag("cpus-per-task", c.cpus_per_task)
     line += ["--kill-on-bad-exit=1"]
+    if vllm_server_nodes(cfg):  # the first nodes of the job; the vLLM server has the last ones
+        line += ["--relative=0"]
     if c.per_node_logs:
         line += [f"--output={log_dir(cfg, run_dir) / (job_name(run_dir) + '-%j-node%n.out')}"]
     program = [python_for(cfg), "-m", NODE_MODULE, str(run_dir)]
     return line + flags + inside + ["bash", "-c", task_command(cfg, program)]
+
+
+def vllm_program(cfg: RunConfig) -> list[str]:
+    """`trl vllm-serve` for the run's model, one server per node over its GPUs (tensor parallel). The `trl` beside
+    the nodes' Python when that is a path (a venv need not be on PATH), else the one on PATH (a container's)."""
+    python = python_for(cfg)
+    trl = str(Path(python).parent / "trl") if os.sep in python else "trl"
+    m = cfg.model
+    program = [trl, "vllm-serve", "--model", m.name_or_path, "--tensor-parallel-size", str(cfg.cluster.gpus_per_node or 1),
+               "--port", str(VLLM_PORT), "--host", "0.0.0.0"]
+    if m.revision:
+        program += ["--revision", m.revision]
+    return program + (["--trust-remote-code"] if m.trust_remote_code else [])
+
+
+def vllm_srun_line(cfg: RunConfig, run_dir: Path, cwd: Path) -> list[str]:
+    """The vLLM server's srun step, on the job's last cluster.vllm_nodes nodes (relative to the allocation, after
+    the training nodes), in the training's container, logging to the log folder."""
+    c, k = cfg.cluster, vllm_server_nodes(cfg)
+    run_dir = run_dir.resolve()
+    flags, inside = container_flags(cfg, run_dir, cwd)
+    line = ["srun", "--unbuffered", f"--nodes={k}", f"--ntasks={k}", "--ntasks-per-node=1", f"--relative={c.nodes}"]
+    line += _flag("cpus-per-task", c.cpus_per_task)
+    line += [f"--output={log_dir(cfg, run_dir) / (job_name(run_dir) + '-%j-vllm%n.out')}"]
+    return line + flags + inside + ["bash", "-c", task_command(cfg, vllm_program(cfg))]
+
+
+def vllm_log(cfg: RunConfig, run_dir: Path) -> str:
+    """The server's log on its first node (srun's --output of vllm_srun_line), the job id left to the shell."""
+    return shlex.quote(str(log_dir(cfg, run_dir.resolve()) / job_name(run_dir)) + "-") + '"$SLURM_JOB_ID"-vllm0.out'
 
 
 def environment_lines(cfg: RunConfig, run_dir: Path) -> list[str]:
@@ -237,7 +293,7 @@ echo "tunelaunch: $RUN: ${newest:+resuming from $newest}${newest:-starting from 
      "rendezvous $TUNELAUNCH_MASTER_ADDR:$TUNELAUNCH_MASTER_PORT"
 record started "restart $restart; nodes $SLURM_JOB_NODELIST"
 set_status starting  # a relaunch that dies before the workers start reports its own failure, not the last stop
-
+__VLLM__
 __SRUN__ &
 srun_pid=$!
 # Wait for srun, passing a stop signal on. srun hands SIGUSR1 to every task, where each node's supervisor tells
@@ -302,6 +358,46 @@ case "$state" in
 esac'''
 
 
+_VLLM = r'''
+# The vLLM server (trainer.vllm_mode=server): its own step on the job's last node(s), ended with the batch step
+VLLM_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n '__FIRST__p')
+export __URL_VARIABLE__="http://$VLLM_HOST:__PORT__"  # the training tasks' trl vllm_server_base_url
+VLLM_LOG=__VLLM_LOG__
+__VLLM_SRUN__ &
+vllm_pid=$!
+trap 'kill "$vllm_pid" 2>/dev/null' EXIT
+echo "tunelaunch: starting the vLLM server on $VLLM_HOST (log: $VLLM_LOG)"
+waited=0
+until curl -sf "$__URL_VARIABLE__/health" > /dev/null; do
+  if ! kill -0 "$vllm_pid" 2>/dev/null; then
+    why="the vLLM server on $VLLM_HOST exited before it answered; see $VLLM_LOG"
+  elif [ "$waited" -ge __WAIT__ ]; then
+    why="the vLLM server on $VLLM_HOST did not answer $__URL_VARIABLE__/health within __WAIT__ s; see $VLLM_LOG"
+  elif [ "$signal" = TERM ]; then
+    exit 75  # scancel or preemption while the server starts: Slurm decides what follows
+  else
+    sleep 5 & wait $!  # a trapped signal ends the wait at once
+    waited=$((waited + 5))
+    continue
+  fi
+  record failed "$why"
+  echo "tunelaunch: $why" >&2
+  exit 1
+done
+echo "tunelaunch: the vLLM server answers at $__URL_VARIABLE__ (after ${waited} s)"
+'''
+
+
+def vllm_block(cfg: RunConfig, run_dir: Path, cwd: Path) -> str:
+    """The batch step's lines that start the vLLM server and wait for it; nothing without a server."""
+    if not vllm_server_nodes(cfg):
+        return ""
+    srun = " \\\n  ".join(shlex.quote(a) for a in vllm_srun_line(cfg, run_dir, cwd))
+    return (_VLLM.replace("__FIRST__", str(cfg.cluster.nodes + 1)).replace("__URL_VARIABLE__", VLLM_URL_VARIABLE)
+            .replace("__PORT__", str(VLLM_PORT)).replace("__WAIT__", str(VLLM_WAIT_SECONDS))
+            .replace("__VLLM_LOG__", vllm_log(cfg, run_dir)).replace("__VLLM_SRUN__", srun))
+
+
 def _header(sbatch_lines: list[str], comment: list[str]) -> list[str]:
     return ["#!/bin/bash", *(f"#SBATCH {line}" for line in sbatch_lines), *(f"# {c}" for c in comment)]
 
@@ -313,7 +409,8 @@ def job_script(cfg: RunConfig, run_dir: Path, cwd: Path | None = None) -> str:
     output = str(log_dir(cfg, run_dir) / "%x-%j.out")
     comment = [f"Written by tunelaunch for {run_dir}: `sbatch` this file again to resume the run.",
                "The whole batch step, in bash; it needs only Slurm's commands on this host (launcher/cluster/script.py)."]
-    main = (_MAIN.replace("__NODES__", str(c.nodes)).replace("__LEAD__", str(c.signal_lead))
+    main = (_MAIN.replace("__NODES__", str(job_nodes(cfg))).replace("__LEAD__", str(c.signal_lead))
+            .replace("__VLLM__", vllm_block(cfg, run_dir, cwd))
             .replace("__MAX_REQUEUES__", str(c.max_requeues)).replace("__MAX_FAILURES__", str(c.max_failures))
             .replace("__SRUN__", " \\\n  ".join(shlex.quote(a) for a in srun_line(cfg, run_dir, cwd))))
     body = [

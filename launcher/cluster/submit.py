@@ -105,11 +105,26 @@ def dry_run(cfg: RunConfig, run_dir: Path) -> str:
              f"#   port:      {script.PORT_BASE} + SLURM_JOB_ID % {script.PORT_RANGE} -> TUNELAUNCH_MASTER_PORT "
              f"(job {example}: {port})",
              "#   srun:      " + render(script.srun_line(cfg, run_dir, Path.cwd())).replace("\n", "\\n"),
+             *vllm_lines(cfg, run_dir),
              "# In each task (node rank = SLURM_NODEID, read inside the task; no Slurm command is called there):",
              f"#   {script.python_for(cfg)} -m {script.NODE_MODULE} {run_dir}   which starts this node's workers:"]
     lines += [f"#   {line}" for line in node_commands(cfg, run_dir, str(port))]
     parts.append("\n".join(lines))
     return "\n".join(parts)
+
+
+def vllm_lines(cfg: RunConfig, run_dir: Path) -> list[str]:
+    """The dry run's account of the vLLM server step (vllm_mode=server), started and awaited before training."""
+    from launcher.distributed.launch import render
+
+    if not script.vllm_server_nodes(cfg):
+        return []
+    first = cfg.cluster.nodes + 1
+    return [f"#   vLLM:      node(s) {first}-{script.job_nodes(cfg)} of the job, started first and awaited (GET "
+            f"/health, at most {script.VLLM_WAIT_SECONDS} s): "
+            + render(script.vllm_srun_line(cfg, run_dir, Path.cwd())).replace("\n", "\\n"),
+            f'#   host {first}: scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n {first}p  -> '
+            f"{script.VLLM_URL_VARIABLE}=http://HOST:{script.VLLM_PORT} (trl's vllm_server_base_url)"]
 
 
 def node_commands(cfg: RunConfig, run_dir: Path, port: str = "<10000 + job id % 20000>") -> list[str]:

@@ -47,6 +47,26 @@ sdpa/flash-attention (no s x s matrix is kept):
                              output for the magnitude's gradient (per block with checkpointing). Rough: the
                              weight-sized norm DoRA computes per layer is transient and not counted.
 
+Frozen models beside the trained one (their weights only, counted as the LoRA base above: the run's base dtype,
+quantized with QLoRA; whole on every GPU except under ZeRO-3, which shards them as it shards the policy):
+    reference      dpo and kto always; grpo and rloo when trainer.beta > 0 (null is their default, 0: none). With
+                   LoRA and no trainer.model_ref it is the base with the adapter switched off: no extra weights.
+                   Its shape is trainer.model_ref's when that is a local folder (or in the hub cache), else the
+                   model's.
+    teacher        distill: trainer.teacher's shape from its config.json (a local folder, a run folder holding a
+                   full model, or the base named in a run folder's adapter_config.json); else the student's shape as a
+                   stand-in, and the description says so.
+
+The online methods (grpo, rloo, distill) train on sequences of s = data.max_prompt_length + max_completion_length
+(null: 256) tokens (the activations above use this s instead of block_size), and add
+    KV cache       with trainer.generation=transformers: 2 x L x h_kv x s x (completions generated per device per
+                   round: batch_size x steps_per_generation, gradient_accumulation when null) x a
+    rollout logits b x s x V x 4: the fp32 log-softmax of the rollout batch for the loss (distill: twice, the
+                   teacher's too)
+    vLLM           with generation=vllm, vllm_mode=colocate: vLLM takes trainer.vllm_gpu_memory_utilization of each
+                   GPU (its weights and KV cache, so no KV cache term); the run fits when its total is at most 90% of
+                   the rest. vllm_mode=server generates on nodes of its own: nothing on the training GPUs.
+
 The parameter counts come from the model's config.json, instantiated on the meta device (no weights are read
 or allocated), so every architecture transformers knows is counted exactly; a hub id is counted from the hub
 cache when an earlier download left its config.json there (never downloaded), else has no estimate, and `plan`
@@ -67,6 +87,8 @@ OVERHEAD_BYTES = 1 * GIB
 USABLE_FRACTION = 0.9
 INT4_BYTES = 0.55
 INT8_BYTES = 1.0
+ONLINE_COMPLETION_TOKENS = 256
+"""data.max_completion_length null, for the online methods (the schema's default)."""
 
 
 @dataclass(frozen=True)
@@ -140,22 +162,47 @@ class Estimate:
     cpu_offloaded: float = 0.0
     """Bytes per process moved to CPU memory by offload (not counted in total)."""
     details: dict = field(default_factory=dict)
+    reference: float = 0.0
+    """A frozen reference model's weights (dpo, kto; grpo/rloo with beta > 0), when it is a copy of its own."""
+    teacher: float = 0.0
+    """distill: the teacher's weights."""
+    kv_cache: float = 0.0
+    """Online methods generating with transformers: the KV cache of one round of generation."""
+    rollout_logits: float = 0.0
+    """Online methods: the fp32 log-softmax of the rollout batch."""
+    vllm_share: float = 0.0
+    """The share of each GPU a colocated vLLM takes (trainer.vllm_gpu_memory_utilization); not in total."""
+    notes: tuple[str, ...] = ()
+    """What the figures assume beyond the formulas (a stand-in shape), said with them."""
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.overhead
+        return sum(value for _, value in self.components())
+
+    def components(self) -> list[tuple[str, float]]:
+        """(label, bytes) of every term in total; the online terms only where they count."""
+        extra = [("reference", self.reference), ("teacher", self.teacher), ("KV cache", self.kv_cache),
+                 ("rollout logits", self.rollout_logits)]
+        return [("weights", self.weights), ("gradients", self.gradients), ("optimizer", self.optimizer),
+                ("activations", self.activations), *[(k, v) for k, v in extra if v], ("overhead", self.overhead)]
+
+    @property
+    def usable_fraction(self) -> float:
+        """The share of a GPU the total may reach: 90%, of what a colocated vLLM leaves."""
+        return USABLE_FRACTION * (1 - self.vllm_share)
 
     def fits(self, gpu_memory_gib: float | None) -> bool | None:
         if not gpu_memory_gib:
             return None
-        return self.total <= USABLE_FRACTION * gpu_memory_gib * GIB
+        return self.total <= self.usable_fraction * gpu_memory_gib * GIB
 
     def describe(self, per: str = "GPU") -> str:
-        parts = ", ".join(f"{name} {value / GIB:.1f}" for name, value in (
-            ("weights", self.weights), ("gradients", self.gradients), ("optimizer", self.optimizer),
-            ("activations", self.activations), ("overhead", self.overhead)))
+        parts = ", ".join(f"{name} {value / GIB:.1f}" for name, value in self.components())
         off = f"; {self.cpu_offloaded / GIB:.1f} GiB offloaded to CPU" if self.cpu_offloaded else ""
-        return f"~{self.total / GIB:.1f} GiB per {per} ({parts}){off}"
+        vllm = (f"; plus vLLM (colocated) {self.vllm_share:.0%} of each GPU: training must fit in "
+                f"{self.usable_fraction:.0%} of it" if self.vllm_share else "")
+        notes = "".join(f"; {note}" for note in self.notes)
+        return f"~{self.total / GIB:.1f} GiB per {per} ({parts}){off}{vllm}{notes}"
 
 
 # ---- the model's shape, from its config.json alone
@@ -286,6 +333,92 @@ def shape_from_config(config: dict, target_modules: str | list[str] = "all-linea
     )
 
 
+# ---- the frozen models beside the trained one: a reference, a teacher
+
+@dataclass(frozen=True)
+class Companions:
+    """The shapes of the frozen models a run holds beside the one it trains (None: it holds none)."""
+    reference: ModelShape | None = None
+    teacher: ModelShape | None = None
+    notes: tuple[str, ...] = ()
+    """Where a shape is a stand-in, and why."""
+
+
+def kl_beta(cfg: RunConfig) -> float:
+    """trainer.beta as grpo/rloo read it: null is resolved by launcher.resolve (to 0 for them), so 0 here too."""
+    return cfg.trainer.beta or 0.0
+
+
+def has_reference(cfg: RunConfig) -> bool:
+    """Whether the method computes log-ratios to a frozen reference: dpo and kto always (they read
+    trainer.model_ref), the policy-gradient methods (they read num_generations) only with a KL penalty."""
+    from launcher.methods import reads
+
+    name = cfg.trainer.name
+    return reads(name, "trainer.model_ref") or (reads(name, "trainer.num_generations") and kl_beta(cfg) > 0)
+
+
+def reference_is_a_copy(cfg: RunConfig) -> bool:
+    """A reference with weights of its own: with LoRA and no model_ref the trainers switch the adapter off instead
+    (launcher/trainers/dpo.py), so the reference costs nothing."""
+    return has_reference(cfg) and (not cfg.peft.enabled or bool(cfg.trainer.model_ref))
+
+
+def teacher_folder(cfg: RunConfig) -> Path | None:
+    """The folder holding the distill teacher's config.json on this machine, or None. launcher.rl.teacher decides
+    what a teacher names when it is there; until then: a local folder (or a hub id in the cache), or a run folder
+    whose adapter_config.json names the base."""
+    try:
+        from launcher.rl.teacher import teacher_config_folder
+    except ImportError:
+        teacher_config_folder = None
+    if teacher_config_folder is not None:
+        return teacher_config_folder(cfg)
+    name = cfg.trainer.teacher
+    if not name:
+        return None
+    adapter = Path(name).expanduser() / "adapter_config.json"
+    if adapter.is_file():
+        try:
+            base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            return None
+        return local_config_folder(base) if base else None
+    return local_config_folder(name)
+
+
+def _shape_at(folder: Path | None, cfg: RunConfig) -> ModelShape | None:
+    """The shape of a frozen model's folder (no LoRA targets: nothing of it is trained), None when it cannot be
+    built."""
+    if folder is None:
+        return None
+    try:
+        return cached_shape(folder, "all-linear", cfg.model.trust_remote_code, [])
+    except Exception:  # an architecture transformers cannot build: the caller stands the student in
+        return None
+
+
+def companions(cfg: RunConfig, shape: ModelShape) -> Companions:
+    """The reference's and the teacher's shapes; the model's own where theirs is not at hand (said in notes)."""
+    reference = teacher = None
+    notes = []
+    if reference_is_a_copy(cfg):
+        reference = shape
+        if cfg.trainer.model_ref:
+            reference = _shape_at(local_config_folder(cfg.trainer.model_ref), cfg)
+            if reference is None:
+                notes.append(f"reference counted as the model's shape ({cfg.trainer.model_ref} has no local "
+                             "config.json)")
+                reference = shape
+    if cfg.trainer.name == "distill":
+        teacher = _shape_at(teacher_folder(cfg), cfg)
+        if teacher is None:
+            notes.append(f"teacher counted as the student's shape ({cfg.trainer.teacher or 'no teacher'} has no "
+                         "local config.json)")
+            teacher = shape
+    return Companions(reference, teacher, tuple(notes))
+
+
 # ---- the estimate
 
 def optimizer_state_bytes(name: str) -> float:
@@ -297,8 +430,63 @@ def optimizer_state_bytes(name: str) -> float:
     return 8.0  # AdamW and its variants: two fp32 moments; unknown names are assumed to be like it
 
 
-def estimate(cfg: RunConfig, shape: ModelShape, layout: Layout, world: int) -> Estimate:
-    """Per-GPU bytes for a resolved config on `world` processes laid out as `layout`."""
+def frozen_bytes(cfg: RunConfig, shape: ModelShape, sixteen_bit: bool) -> float:
+    """A frozen model's weights as launcher.models loads it: the LoRA base, a reference, a teacher. bf16 with LoRA
+    in bf16 (else fp32: a full fine-tune's load keeps fp32 master weights), 16-bit wherever DeepSpeed casts it;
+    QLoRA quantizes the Linear layers of the blocks."""
+    mp = cfg.precision.mixed_precision
+    base_dtype = 2 if (cfg.peft.enabled and mp == "bf16") or sixteen_bit else 4
+    quant = {"int4": INT4_BYTES, "int8": INT8_BYTES}.get(cfg.quantization.mode) if cfg.peft.enabled else None
+    linear_bytes = quant if quant is not None else base_dtype
+    return shape.block_linear_params * linear_bytes + (shape.params - shape.block_linear_params) * base_dtype
+
+
+def sequence_tokens(cfg: RunConfig) -> int:
+    """Tokens of one training sequence: block_size, or an online method's prompt plus its generated completion."""
+    if online(cfg):
+        return cfg.data.max_prompt_length + (cfg.data.max_completion_length or ONLINE_COMPLETION_TOKENS)
+    return max(cfg.data.block_size, 1)
+
+
+def online(cfg: RunConfig) -> bool:
+    from launcher.methods import METHODS
+
+    return METHODS[cfg.trainer.name].online
+
+
+def completions_per_round(cfg: RunConfig) -> int:
+    """Completions one process generates in one round (trl's generation batch over the processes)."""
+    t = cfg.training
+    return t.batch_size * (cfg.trainer.steps_per_generation or t.gradient_accumulation)
+
+
+def vllm_share(cfg: RunConfig) -> float:
+    """The share of each training GPU vLLM takes: only when it is colocated in the training processes."""
+    t = cfg.trainer
+    return t.vllm_gpu_memory_utilization if online(cfg) and t.generation == "vllm" and t.vllm_mode == "colocate" \
+        else 0.0
+
+
+def rollout_bytes(cfg: RunConfig, shape: ModelShape, act_bytes: int) -> tuple[float, float]:
+    """(KV cache, rollout logits) of an online method; zeros for the others. vLLM keeps its KV cache in its own
+    share (colocate) or on its own nodes (server), so only transformers' generate puts one on the training GPU."""
+    if not online(cfg):
+        return 0.0, 0.0
+    s = sequence_tokens(cfg)
+    kv = 0.0
+    if cfg.trainer.generation == "transformers":
+        kv = 2 * shape.layers * shape.kv_hidden * s * completions_per_round(cfg) * act_bytes
+    # distill's divergence takes the log-softmax of the teacher's logits beside the student's
+    copies = 2 if cfg.trainer.name == "distill" else 1
+    return kv, copies * cfg.training.batch_size * s * shape.vocab * 4
+
+
+def estimate(cfg: RunConfig, shape: ModelShape, layout: Layout, world: int,
+             frozen_models: Companions | None = None) -> Estimate:
+    """Per-GPU bytes for a resolved config on `world` processes laid out as `layout`. `frozen_models` (the
+    reference's and teacher's shapes) is looked up from cfg when not given: `choose` looks it up once."""
+    if frozen_models is None:
+        frozen_models = companions(cfg, shape)
     mp = cfg.precision.mixed_precision
     act_bytes = 2 if mp in ("bf16", "fp16") else 4
     ds = layout.zero
@@ -311,12 +499,12 @@ def estimate(cfg: RunConfig, shape: ModelShape, layout: Layout, world: int) -> E
         trained = cfg.peft.r * shape.lora_in_out + shape.saved_params
         if cfg.peft.use_dora:
             trained += shape.lora_out
-        base_dtype = 2 if mp == "bf16" or sixteen_bit else 4
-        quant = {"int4": INT4_BYTES, "int8": INT8_BYTES}.get(cfg.quantization.mode)
-        linear_bytes = quant if quant is not None else base_dtype
-        frozen = shape.block_linear_params * linear_bytes + (shape.params - shape.block_linear_params) * base_dtype
+        frozen = frozen_bytes(cfg, shape, sixteen_bit)
     else:
         trained, frozen = shape.params, 0.0
+    # trl prepares a reference or teacher with DeepSpeed: ZeRO-3 shards it, stages 1-2 leave it whole (stage 0)
+    ref, teacher = (frozen_bytes(cfg, m, sixteen_bit) / (n if stage >= 3 else 1) if m else 0.0
+                    for m in (frozen_models.reference, frozen_models.teacher))
 
     w_b, g_b, o_b = (2, 2, 4 + k) if sixteen_bit else (4, 4, k)
     weights, grads, opt = trained * w_b + frozen, trained * g_b, trained * o_b
@@ -347,7 +535,7 @@ def estimate(cfg: RunConfig, shape: ModelShape, layout: Layout, world: int) -> E
         weights = 0.0
     grads += grads32
 
-    b, s = cfg.training.batch_size, max(cfg.data.block_size, 1)
+    b, s = cfg.training.batch_size, sequence_tokens(cfg)
     per_block = b * s * (8 * shape.hidden + 2 * shape.kv_hidden + 4 * shape.intermediate) * act_bytes
     if cfg.training.gradient_checkpointing is True:
         blocks = shape.layers * b * s * shape.hidden * act_bytes + per_block
@@ -359,9 +547,12 @@ def estimate(cfg: RunConfig, shape: ModelShape, layout: Layout, world: int) -> E
         dora = b * s * shape.lora_out * act_bytes
         if cfg.training.gradient_checkpointing is True:
             dora /= shape.layers
+    kv, rollout = rollout_bytes(cfg, shape, act_bytes)
     return Estimate(layout, world, weights=weights + gather, gradients=grads, optimizer=opt,
                     activations=blocks + logits + dora, cpu_offloaded=offloaded,
-                    details={"trained_params": trained, "params": shape.params, "zero3_gather": gather})
+                    details={"trained_params": trained, "params": shape.params, "zero3_gather": gather},
+                    reference=ref, teacher=teacher, kv_cache=kv, rollout_logits=rollout, vllm_share=vllm_share(cfg),
+                    notes=frozen_models.notes)
 
 
 # ---- auto: the first layout that fits
@@ -378,20 +569,22 @@ CANDIDATES = (
 def choose(cfg: RunConfig, shape: ModelShape | None, why_none: str, world: int,
            gpu_memory_gib: float | None) -> tuple[Layout, str, Estimate | None]:
     """(layout, reason, its estimate) for distributed.backend=auto."""
+    frozen_models = companions(cfg, shape) if shape else None
     if world == 1:
-        est = estimate(cfg, shape, Layout("none"), 1) if shape else None
+        est = estimate(cfg, shape, Layout("none"), 1, frozen_models) if shape else None
         return Layout("none"), "one process: no distributed wrapper", est
     if shape is None:
         return Layout("ddp"), f"{world} processes: DDP (no memory estimate: {why_none})", None
     if not gpu_memory_gib:
-        est = estimate(cfg, shape, Layout("ddp"), world)
+        est = estimate(cfg, shape, Layout("ddp"), world, frozen_models)
         return Layout("ddp"), f"{world} processes: DDP (no GPU memory to compare the estimate with)", est
     tried = []
     for layout in CANDIDATES:
-        est = estimate(cfg, shape, layout, world)
+        est = estimate(cfg, shape, layout, world, frozen_models)
         if est.fits(gpu_memory_gib):
             why = f"{world} processes: {layout.label}, the first of DDP, ZeRO-2, ZeRO-3, ZeRO-3 + offload " \
-                  f"whose estimate fits {gpu_memory_gib:g} GiB"
+                  f"whose estimate fits {gpu_memory_gib:g} GiB" + (
+                      f" beside vLLM's {est.vllm_share:.0%}" if est.vllm_share else "")
             if tried:
                 why += " (" + "; ".join(tried) + ")"
             return layout, why, est
