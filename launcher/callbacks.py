@@ -62,6 +62,8 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     history = json.loads(state_file.read_text())["log_history"]
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if any("reward" in h for h in history):
+        _plot_rewards(run_dir, history, plt)
     if not train:
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
@@ -75,6 +77,29 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     ax.legend()
     fig.tight_layout()
     out = run_dir / "loss_curve.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _plot_rewards(run_dir: Path, history: list[dict], plt) -> Path:
+    """`reward_curve.png` of an online run (grpo, rloo): the mean total reward per logged step and each reward
+    function's mean, which is what such a run learns; its loss hovers near 0 by construction."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    rows = [h for h in history if "reward" in h]
+    ax.plot([h["step"] for h in rows], [h["reward"] for h in rows], linewidth=2, label="reward (weighted sum)")
+    names = sorted({k for h in rows for k in h if k.startswith("rewards/") and k.endswith("/mean")})
+    for name in names:
+        points = [(h["step"], h[name]) for h in rows if h.get(name) is not None]
+        if points:
+            ax.plot(*zip(*points), alpha=0.7, label=name.split("/")[1])
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean reward")
+    ax.set_title(run_dir.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = run_dir / "reward_curve.png"
     fig.savefig(out)
     plt.close(fig)
     return out
