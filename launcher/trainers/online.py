@@ -125,11 +125,15 @@ class SamplesLog(TrainerCallback):
 
     def __init__(self, trainer, every: int, run_dir: Path):
         self.trainer, self.every, self.path = trainer, every, Path(run_dir) / "samples.jsonl"
+        self.written_step = -1
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs_of = getattr(self.trainer, "_logs", None)
         if not self.every or state.global_step % self.every or not runtime.is_main() or not logs_of:
             return
+        if state.global_step == self.written_step:
+            return  # the end of training logs its summary at the last step again
+        self.written_step = state.global_step
         prompts, completions = list(logs_of.get("prompt", ())), list(logs_of.get("completion", ()))
         rewards = {name: list(values) for name, values in logs_of.get("rewards", {}).items()}
         advantages = list(logs_of.get("advantages", ()))

@@ -1,4 +1,5 @@
-"""grpo on two real worker processes (DDP over gloo) and its exact resume after kill -9, sampling included.
+"""grpo on two real worker processes (DDP over gloo), and grpo's and rloo's exact resume after kill -9, sampling
+included.
 
 What distribution means for an online method, checked from inside the workers (the probe) and from samples.jsonl
 (rank 0 gathers every rank's prompts and completions in rank order): world size 2, identical parameters after
@@ -48,11 +49,12 @@ def test_grpo_two_ranks_sample_their_own_prompts_in_whole_groups(base):
         assert not set(halves[0]) & set(halves[1]), "both ranks sampled the same prompts"
 
 
-def test_grpo_resumes_exactly_after_kill_9(base):
-    args = (*GRPO, "training.deterministic=true", "training.max_steps=8", "training.save_strategy=steps",
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_online_method_resumes_exactly_after_kill_9(base, method):
+    args = (f"recipe={method}/format_tiny", "logging.steps=1", "training.deterministic=true", "training.max_steps=8", "training.save_strategy=steps",
             "training.save_steps=2", "training.save_total_limit=10")
-    whole = train(base, "grpo-whole", *args, probe=False).ok().run_dir
-    name = "grpo-kill9"
+    whole = train(base, f"{method}-whole", *args, probe=False).ok().run_dir
+    name = f"{method}-kill9"
     proc = subprocess.Popen(train_command(base / name, *args), cwd=base, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=cli_env(None, {"TUNELAUNCH_PROBE_STEP_SLEEP": "1.0"}))
     wait_until(proc, lambda: (base / name / "checkpoint-4" / "trainer_state.json").is_file(), "checkpoint-4")

@@ -5,6 +5,7 @@ The run must finish, log a finite divergence, write samples.jsonl, save a model,
 import json
 import math
 
+import pytest
 import yaml
 
 from .conftest import run_cli
@@ -26,19 +27,22 @@ def random_adapter_teacher(tiny_model, folder):
     return folder
 
 
-def test_distill_trains_the_student_towards_its_teacher(tiny_model, tmp_path):
+@pytest.mark.parametrize("peft", ["none", "lora"])
+def test_distill_trains_the_student_towards_its_teacher(tiny_model, tmp_path, peft):
     from safetensors.torch import load_file
 
     teacher = random_adapter_teacher(tiny_model, tmp_path / "teacher")
     run = tmp_path / "distill"
     result = run_cli("train", "recipe=distill/tiny_from_run", f"trainer.teacher={teacher}", f"project_name={run}",
+                     f"peft={peft}",
                      "training.max_steps=3", "training.batch_size=2", "data.max_completion_length=8",
                      "logging.steps=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "merged onto" in result.stderr + result.stdout  # the adapter teacher was merged onto its base
 
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "config.yaml", "manifest.json",
-                 "trainer_state.json", "samples.jsonl"):
+    weights = ("adapter_config.json", "adapter_model.safetensors") if peft == "lora" else (
+        "config.json", "model.safetensors")
+    for name in (*weights, "tokenizer.json", "config.yaml", "manifest.json", "trainer_state.json", "samples.jsonl"):
         assert (run / name).is_file(), name
     assert not (run / "completions").exists()  # trl's parquet copies of the samples are off
     assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
@@ -46,7 +50,8 @@ def test_distill_trains_the_student_towards_its_teacher(tiny_model, tmp_path):
     assert cfg["trainer"]["name"] == "distill" and cfg["trainer"]["teacher"] == str(teacher)
 
     metrics = json.loads((run / "manifest.json").read_text())["metrics"]
-    assert metrics["global_step"] == 3 and metrics["saved"] == "full" and metrics["data_format"] == "prompt_only"
+    assert metrics["global_step"] == 3 and metrics["data_format"] == "prompt_only"
+    assert metrics["saved"] == ("adapter" if peft == "lora" else "full")
     assert math.isfinite(metrics["final_divergence"]) and metrics["final_divergence"] > 0
     assert 0 < metrics["final_completion_length"] <= 8
     history = [h for h in json.loads((run / "trainer_state.json").read_text())["log_history"] if "loss" in h]
@@ -56,6 +61,10 @@ def test_distill_trains_the_student_towards_its_teacher(tiny_model, tmp_path):
     assert {s["step"] for s in samples} == {1, 2, 3} and all(s["prompt"] and "completion" in s for s in samples)
     assert "<|im_start|>" not in samples[0]["prompt"] and "assistant" in samples[0]["prompt"]  # the chatml render
 
+    if peft == "lora":  # the B factors start at zero
+        adapter = load_file(run / "adapter_model.safetensors")
+        assert any(float(w.abs().max()) > 0 for k, w in adapter.items() if "lora_B" in k)
+        return
     before, after = load_file(tiny_model / "model.safetensors"), load_file(run / "model.safetensors")
     changed = [k for k in before if not (before[k] == after[k]).all()]
     assert len(changed) > len(before) // 2, changed  # a full fine-tune: most tensors moved

@@ -24,7 +24,7 @@ def trained_weights(run, peft: str) -> dict:
     return load_file(str(run / ("adapter_model.safetensors" if peft == "lora" else "model.safetensors")))
 
 
-@pytest.mark.parametrize("method, peft", [("grpo", "none"), ("grpo", "lora"), ("rloo", "none")])
+@pytest.mark.parametrize("method, peft", [("grpo", "none"), ("grpo", "lora"), ("rloo", "none"), ("rloo", "lora")])
 def test_online_method_trains_and_logs_its_rewards(method, peft, tmp_path, tiny_model):
     run = tmp_path / f"{method}-{peft}"
     result = run_cli("train", f"recipe={method}/format_tiny", f"peft={peft}", f"project_name={run}", *FAST,

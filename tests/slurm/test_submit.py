@@ -152,3 +152,25 @@ def test_preprocessing_job_runs_first_and_training_reuses_its_cache(slurm_cluste
     fields = wait_for_job(train, timeout=600)
     assert fields["JobState"] == "COMPLETED", job_output(fields)[-3000:]
     assert "data: reused cache" in (tmp_path / "prep" / "train.log").read_text()
+
+
+def test_grpo_with_a_user_reward_file_runs_one_world_across_two_nodes(slurm_cluster: SlurmCluster, tmp_path):
+    """An online method through `submit`: each node samples its own prompts, the user's reward file (named relative
+    to the submit folder, made absolute by plan) is imported on every node, the ranks end with one model."""
+    (tmp_path / "my_rewards.py").write_text("def digits(completions, **kwargs):\n"
+                                            "    return [float(sum(ch.isdigit() for ch in str(c)) > 0) for c in completions]\n")
+    probe = tmp_path / "probe"
+    done = submit(tmp_path, "recipe=grpo/format_tiny", "trainer.rewards=[format,my_rewards.py:digits]",
+                  "cluster.nodes=2", "training.max_steps=2", "logging.steps=1", "project_name=grpo-two-nodes",
+                  env=job_env(probe))
+    fields = wait_for_job(submitted_id(done.stdout), timeout=600)
+    log = job_output(fields)
+    assert fields["JobState"] == "COMPLETED", log[-3000:]
+    run = tmp_path / "grpo-two-nodes"
+    assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
+    history = [h for h in json.loads((run / "trainer_state.json").read_text())["log_history"] if "reward" in h]
+    assert len(history) == 2 and all("rewards/digits/mean" in h for h in history)
+    rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    first = [json.dumps(r["prompt"]) for r in rows if r["step"] == 1]
+    assert len(first) == 16 and not set(first[:8]) & set(first[8:])  # each node its own prompts
+    assert_one_world_over_two_nodes(probe, log)
