@@ -50,7 +50,8 @@ def run_callbacks(cfg, tokenizer) -> list[TrainerCallback]:
 
 
 def plot_loss_curve(run_dir: Path) -> Path | None:
-    """`loss_curve.png` from trainer_state.json: training loss per logged step, and eval loss when present."""
+    """`loss_curve.png` from trainer_state.json: training loss per logged step, and eval loss when present (and an
+    online run's `reward_curve.png`)."""
     state_file = run_dir / "trainer_state.json"
     if not state_file.is_file():
         return None
@@ -60,46 +61,40 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     history = json.loads(state_file.read_text())["log_history"]
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     if any("reward" in h for h in history):
         _plot_rewards(run_dir, history, plt)
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     if not train:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(*zip(*train), label="train loss")
-    if evals:
-        ax.plot(*zip(*evals), marker="o", label="eval loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title(run_dir.name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = run_dir / "loss_curve.png"
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    curves = [("train loss", train, {})] + ([("eval loss", evals, {"marker": "o"})] if evals else [])
+    return _save_plot(run_dir, "loss_curve.png", "loss", curves, plt)
 
 
 def _plot_rewards(run_dir: Path, history: list[dict], plt) -> Path:
     """`reward_curve.png` of an online run (grpo, rloo): the mean total reward per logged step and each reward
     function's mean, which is what such a run learns; its loss hovers near 0 by construction."""
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     rows = [h for h in history if "reward" in h]
-    ax.plot([h["step"] for h in rows], [h["reward"] for h in rows], linewidth=2, label="reward (weighted sum)")
-    names = sorted({k for h in rows for k in h if k.startswith("rewards/") and k.endswith("/mean")})
-    for name in names:
+    curves = [("reward (weighted sum)", [(h["step"], h["reward"]) for h in rows], {"linewidth": 2})]
+    for name in sorted({k for h in rows for k in h if k.startswith("rewards/") and k.endswith("/mean")}):
         points = [(h["step"], h[name]) for h in rows if h.get(name) is not None]
         if points:
-            ax.plot(*zip(*points), alpha=0.7, label=name.split("/")[1])
+            curves.append((name.split("/")[1], points, {"alpha": 0.7}))
+    return _save_plot(run_dir, "reward_curve.png", "mean reward", curves, plt)
+
+
+def _save_plot(run_dir: Path, file: str, ylabel: str, curves: list, plt) -> Path:
+    """One figure of (label, [(step, value)], line options) curves over the optimizer steps, saved in the run."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for label, points, options in curves:
+        ax.plot(*zip(*points), label=label, **options)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("mean reward")
+    ax.set_ylabel(ylabel)
     ax.set_title(run_dir.name)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = run_dir / "reward_curve.png"
+    out = run_dir / file
     fig.savefig(out)
     plt.close(fig)
     return out

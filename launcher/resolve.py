@@ -280,7 +280,10 @@ def _online(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
     if t.generation == "vllm" and hw.gpus == 0:
         out.problems.append(Problem("trainer.generation", "vllm generates with CUDA kernels and this machine has no "
                                     "GPU: use trainer.generation=transformers (the default)"))
-    elif t.generation == "vllm" and not hw.vllm and not (cfg.cluster.kind == "slurm" and t.vllm_mode == "server"):
+    elif t.generation == "vllm" and not hw.vllm and cfg.cluster.kind == "slurm" and t.vllm_mode == "server":
+        out.notes.append("generation: vllm is not installed here; the job's nodes need it (pip install "
+                         "tunelaunch[vllm] in the environment they run)")
+    elif t.generation == "vllm" and not hw.vllm:
         out.problems.append(Problem("trainer.generation", "vllm is not installed: pip install tunelaunch[vllm] "
                                     "(or trainer.generation=transformers)"))
     longest = cfg.data.max_prompt_length + cfg.data.max_completion_length

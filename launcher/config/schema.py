@@ -157,8 +157,9 @@ class TrainerConfig:
     undesirable_weight: float = 1.0
     """kto: weight of the loss on undesirable (label false) completions (see desirable_weight)."""
     num_generations: int = 8
-    """grpo, rloo: completions sampled per prompt (the group whose rewards are compared). The global batch
-    (processes x training.batch_size x steps_per_generation) must divide by it: each group stays on one process."""
+    """grpo, rloo: completions sampled per prompt (the group whose rewards are compared). A round of generation,
+    processes x training.batch_size x steps_per_generation completions, must hold whole groups (a batch_size that
+    is a multiple of it also keeps each group on one process)."""
     temperature: float = 1.0
     """grpo, rloo, distill: sampling temperature of the completions (distill: also of the divergence)."""
     top_p: float = 1.0

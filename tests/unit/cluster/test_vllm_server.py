@@ -1,7 +1,6 @@
 """trainer.generation=vllm with vllm_mode=server on Slurm: the job gets cluster.vllm_nodes more nodes, the batch
 script starts `trl vllm-serve` as its own srun step on the last of them, waits until it answers, gives its address
 to the training step, which runs on the first cluster.nodes nodes only. Rendered without a cluster."""
-import importlib.util
 import re
 import shlex
 import subprocess
@@ -96,12 +95,12 @@ def test_the_dry_run_shows_both_steps(tmp_path):
         line for line in out.splitlines() if re.match(r"#   node [01]: ", line)]  # two training nodes
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="plan refuses generation=vllm without vllm")
 def test_submit_dry_run_through_the_cli_shows_both_steps(tmp_path):
-    done = submit(tmp_path, "--dry-run", "recipe=sft/chat_tiny", "trainer=grpo", "trainer.rewards=[length]",
-                  f"data.path={Path(__file__).resolve().parents[3] / 'samples/prompts'}", "trainer.generation=vllm",
+    """From a login node without vllm: the server nodes need it, this machine does not (plan says so, no refusal)."""
+    done = submit(tmp_path, "--dry-run", "recipe=grpo/format_tiny", "trainer.generation=vllm",
                   "trainer.vllm_mode=server", "cluster.nodes=2", "cluster.vllm_nodes=1", "cluster.gpus_per_node=8",
                   "project_name=r")
     assert done.returncode == 0, done.stderr
     assert "#SBATCH --nodes=3" in done.stdout and "vllm-serve" in done.stdout and "--relative=2" in done.stdout
     assert "#   vLLM:" in done.stdout and not (tmp_path / "r").exists()
+    assert "generation: vllm is not installed here; the job's nodes need it" in done.stdout + done.stderr
