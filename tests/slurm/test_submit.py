@@ -174,3 +174,25 @@ def test_grpo_with_a_user_reward_file_runs_one_world_across_two_nodes(slurm_clus
     first = [json.dumps(r["prompt"]) for r in rows if r["step"] == 1]
     assert len(first) == 16 and not set(first[:8]) & set(first[8:])  # each node its own prompts
     assert_one_world_over_two_nodes(probe, log)
+
+
+@pytest.mark.parametrize("method", ["rloo", "distill"])
+def test_rloo_and_distill_train_through_submit(slurm_cluster: SlurmCluster, tmp_path, method):
+    """The other online methods through `submit` on one node: the job completes and the run is finished, with its
+    sampled completions; distill's teacher is a run folder of the same tiny model trained first, as its recipe says."""
+    extra = ()
+    if method == "distill":
+        from launcher.embedded import build_tiny_llama
+        from tests.integration.test_distill import random_adapter_teacher
+
+        extra = (f"trainer.teacher={random_adapter_teacher(build_tiny_llama(), tmp_path / 'teacher')}",
+                 "data.max_completion_length=8")
+    recipe = "distill/tiny_from_run" if method == "distill" else "rloo/format_tiny"
+    done = submit(tmp_path, f"recipe={recipe}", *extra, "training.max_steps=2", "logging.steps=1",
+                  f"project_name={method}-job", env=job_env())
+    fields = wait_for_job(submitted_id(done.stdout), timeout=600)
+    log = job_output(fields)
+    assert fields["JobState"] == "COMPLETED", log[-3000:]
+    run = tmp_path / f"{method}-job"
+    assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
+    assert {json.loads(line)["step"] for line in (run / "samples.jsonl").read_text().splitlines()} == {1, 2}

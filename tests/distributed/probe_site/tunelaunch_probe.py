@@ -219,7 +219,8 @@ def _make_probe_class():
 
             def remember_batch(module, a, kw):
                 ids = kw.get("input_ids", a[0] if a else None)
-                if module.training and ids is not None and len(batches) < BATCHES_KEPT:
+                # (trl's distillation calls the wrapped model with the model itself first: not a batch)
+                if module.training and hasattr(ids, "detach") and len(batches) < BATCHES_KEPT:
                     batches.append({"sha256": hashlib.sha256(ids.detach().cpu().numpy().tobytes()).hexdigest(),
                                     "shape": list(ids.shape)})
 
