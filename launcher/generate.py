@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from launcher.data.templates import alpaca_messages, get_template, stop_tokens
-from launcher.run_dir import latest_checkpoint, read_config
+from launcher.run_dir import model_source, read_config
 
 
 @dataclass
@@ -75,9 +75,7 @@ def from_run(run_dir: str | Path) -> Generator:
 
 def _run_source(run_dir: Path) -> Path:
     """Where a run's weights and tokenizer are: its final model, else its latest complete checkpoint."""
-    if any((run_dir / name).is_file() for name in ("adapter_config.json", "config.json")):
-        return run_dir
-    source = latest_checkpoint(run_dir)
+    source = model_source(run_dir)
     if source is None:
         raise FileNotFoundError(f"{run_dir} holds no model yet: no final model and no complete checkpoint")
     return source

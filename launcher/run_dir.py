@@ -396,6 +396,14 @@ def write_json(target: Path, data: dict) -> None:
     atomic.write_text(target, json.dumps(data, indent=2, default=str))
 
 
+def model_source(run_dir: Path) -> Path | None:
+    """Where a run's weights and tokenizer are: the folder itself when it holds a final model or adapter, else its
+    latest complete checkpoint; None when it holds neither."""
+    if any((run_dir / name).is_file() for name in ("adapter_config.json", "config.json")):
+        return run_dir
+    return latest_checkpoint(run_dir)
+
+
 def latest_checkpoint(path: Path) -> Path | None:
     """The newest COMPLETE checkpoint. Checkpoints are written as `tmp-checkpoint-N` and renamed when every rank
     has written its files (launcher.checkpointing), so a `checkpoint-N` is complete; trainer_state.json (written

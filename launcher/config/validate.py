@@ -19,7 +19,7 @@ from launcher.data.templates import NAMES as TEMPLATE_NAMES
 
 Rule = Callable[[RunConfig], Iterator[Problem]]
 RULES: list[Rule] = []
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 def rule(fn: Rule) -> Rule:
@@ -53,7 +53,7 @@ def model_given(cfg):
                 yield Problem("model.gguf_file", f"{cfg.model.gguf_file} not found in {local}")
         elif not (local / "config.json").is_file():
             yield Problem("model.name_or_path", f"{local} holds no config.json: not a transformers model folder")
-    elif not _HUB_ID.match(path):
+    elif not HUB_ID.match(path):
         yield Problem("model.name_or_path", f"'{path}' is neither an existing folder nor a hub id (org/name)")
 
 

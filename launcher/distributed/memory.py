@@ -365,26 +365,14 @@ def reference_is_a_copy(cfg: RunConfig) -> bool:
 
 
 def teacher_folder(cfg: RunConfig) -> Path | None:
-    """The folder holding the distill teacher's config.json on this machine, or None. launcher.rl.teacher decides
-    what a teacher names when it is there; until then: a local folder (or a hub id in the cache), or a run folder
-    whose adapter_config.json names the base."""
-    try:
-        from launcher.rl.teacher import teacher_config_folder
-    except ImportError:
-        teacher_config_folder = None
-    if teacher_config_folder is not None:
-        return teacher_config_folder(cfg)
-    name = cfg.trainer.teacher
-    if not name:
-        return None
-    adapter = Path(name).expanduser() / "adapter_config.json"
-    if adapter.is_file():
-        try:
-            base = json.loads(adapter.read_text()).get("base_model_name_or_path")
-        except (OSError, ValueError):
-            return None
-        return local_config_folder(base) if base else None
-    return local_config_folder(name)
+    """The folder holding the distill teacher's config.json on this machine, or None: what launcher.rl.teacher
+    makes of a local folder, run folder or adapter, else a hub id found in the local cache."""
+    from launcher.rl.teacher import teacher_config_folder  # (launcher.rl imports the config layer: kept lazy)
+
+    folder = teacher_config_folder(cfg)
+    if folder is None and cfg.trainer.teacher:
+        return local_config_folder(cfg.trainer.teacher)
+    return folder
 
 
 def _shape_at(folder: Path | None, cfg: RunConfig) -> ModelShape | None:

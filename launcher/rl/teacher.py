@@ -12,8 +12,8 @@ from pathlib import Path
 
 from launcher.config.errors import Problem
 from launcher.config.schema import RunConfig
-from launcher.config.validate import _HUB_ID
-from launcher.run_dir import latest_checkpoint
+from launcher.config.validate import HUB_ID
+from launcher.run_dir import model_source
 
 WEIGHTS_MARKERS = ("config.json", "adapter_config.json")
 
@@ -30,9 +30,9 @@ def model_folder(name: str) -> Path | None:
     if not looks_local(name):
         return None
     folder = Path(name).expanduser()
-    if any((folder / marker).is_file() for marker in WEIGHTS_MARKERS):
-        return folder
-    return latest_checkpoint(folder) if (folder / "config.yaml").is_file() else None
+    if (folder / "config.yaml").is_file():  # a run folder of ours
+        return model_source(folder)
+    return folder if any((folder / marker).is_file() for marker in WEIGHTS_MARKERS) else None
 
 
 def adapter_base(folder: Path) -> str | None:
@@ -68,7 +68,7 @@ def check_teacher(cfg: RunConfig) -> list[Problem]:
         return [Problem("trainer.teacher", "distill needs a teacher: trainer.teacher=<hub id, model folder or run "
                                            "folder> (a larger model of the student's family, same tokenizer)")]
     if not looks_local(name):
-        if _HUB_ID.match(name):
+        if HUB_ID.match(name):
             return []  # a hub id: the worker downloads it (plan stays offline)
         return [Problem("trainer.teacher", f"'{name}' is neither an existing folder nor a hub id (org/name)")]
     path = Path(name).expanduser()

@@ -22,8 +22,6 @@ from pathlib import Path
 from launcher import models
 from launcher.callbacks import run_callbacks
 from launcher.config.schema import RunConfig
-from launcher.data.load import load_splits
-from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
 from launcher.rl import tools
 from launcher.rl.teacher import adapter_base, model_folder
@@ -32,21 +30,15 @@ from launcher.trainers.common import train_and_save, training_kwargs
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BETA = 1.0  # reverse KL (trl's default too), until launcher.resolve states the method's default
-DEFAULT_COMPLETION_TOKENS = 256
 
 
 def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
     from trl import DistillationTrainer
 
-    # ---- data (prompts cut to data.max_prompt_length as rendered, keeping their end)
-    data = load_splits(cfg)
-    tokenizer = models.load_tokenizer(cfg)
-    train_set, eval_set, cut = online.prompt_datasets(cfg, data, tokenizer)
+    # ---- data and student (prompts cut to data.max_prompt_length as rendered, keeping their end)
+    data, tokenizer, train_set, eval_set, cut, model = online.prompts_and_policy(cfg)
 
-    # ---- student, teacher, tools
-    model = models.load_model(cfg, tokenizer)
-    model.generation_config.eos_token_id = stop_tokens(tokenizer, cfg.data.chat_template)
+    # ---- teacher, tools
     teacher = teacher_model(cfg, tokenizer)
     tool_functions = tools.tool_functions(cfg) if cfg.trainer.tools else None
 
@@ -76,13 +68,11 @@ def distill_config(cfg: RunConfig, run_dir: Path, train_rows: int, has_eval: boo
     from trl import DistillationConfig
 
     t = cfg.trainer
-    kwargs = online.sampling_kwargs(cfg)
-    kwargs.update(max_completion_length=cfg.data.max_completion_length or DEFAULT_COMPLETION_TOKENS,
-                  log_completions=online.samples_every(cfg, 1) > 0)
+    kwargs = {**online.sampling_kwargs(cfg), "log_completions": online.samples_every(cfg, 1) > 0}
     return DistillationConfig(
         **training_kwargs(cfg, run_dir, train_rows, has_eval, runtime.world_size()),
         **kwargs,
-        beta=DEFAULT_BETA if t.beta is None else t.beta,
+        beta=t.beta,
         max_tool_calling_iterations=t.max_tool_calls,
     )
 

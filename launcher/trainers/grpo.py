@@ -19,8 +19,6 @@ from pathlib import Path
 from launcher import models
 from launcher.callbacks import run_callbacks
 from launcher.config.schema import RunConfig
-from launcher.data.load import load_splits
-from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
 from launcher.rl import rewards, tools
 from launcher.trainers import online
@@ -32,14 +30,10 @@ log = logging.getLogger(__name__)
 def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
     from trl import GRPOTrainer
 
-    # ---- data
-    data = load_splits(cfg)
-    tokenizer = models.load_tokenizer(cfg)
-    train_set, eval_set, cut = online.prompt_datasets(cfg, data, tokenizer)
+    # ---- data and model (prompts cut to data.max_prompt_length as rendered, keeping their end)
+    data, tokenizer, train_set, eval_set, cut, model = online.prompts_and_policy(cfg)
 
-    # ---- model, rewards, tools
-    model = models.load_model(cfg, tokenizer)
-    model.generation_config.eos_token_id = stop_tokens(tokenizer, cfg.data.chat_template)
+    # ---- rewards, tools
     reward_funcs, reward_tokenizers = rewards.reward_functions(cfg)
     tool_functions = tools.tool_functions(cfg) if cfg.trainer.tools else None
 

@@ -23,6 +23,22 @@ VLLM_URL_VARIABLE = "TUNELAUNCH_VLLM_URL"
 """Set by the Slurm batch script when it started the vLLM server on nodes of its own (vllm_mode=server)."""
 
 
+def prompts_and_policy(cfg: RunConfig) -> tuple:
+    """What every online trainer starts from: the checked splits, the tokenizer with the run's template, the prompt
+    datasets (and how many prompts were cut), and the model that samples and learns, stopping at the template's end
+    of turn. Returns (data, tokenizer, train_set, eval_set, prompts_cut, model)."""
+    from launcher import models
+    from launcher.data.load import load_splits
+    from launcher.data.templates import stop_tokens
+
+    data = load_splits(cfg)
+    tokenizer = models.load_tokenizer(cfg)
+    train_set, eval_set, cut = prompt_datasets(cfg, data, tokenizer)
+    model = models.load_model(cfg, tokenizer)
+    model.generation_config.eos_token_id = stop_tokens(tokenizer, cfg.data.chat_template)
+    return data, tokenizer, train_set, eval_set, cut, model
+
+
 def prompt_datasets(cfg: RunConfig, data, tokenizer) -> tuple:
     """The train and validation prompts as trl's online trainers take them (`prompt` plus the other columns), each
     prompt cut to data.max_prompt_length tokens as rendered, keeping its end, and the number cut."""

@@ -15,8 +15,6 @@ from pathlib import Path
 from launcher import models
 from launcher.callbacks import run_callbacks
 from launcher.config.schema import RunConfig
-from launcher.data.load import load_splits
-from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
 from launcher.rl import rewards
 from launcher.trainers import online
@@ -28,14 +26,10 @@ log = logging.getLogger(__name__)
 def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
     from trl import RLOOTrainer
 
-    # ---- data
-    data = load_splits(cfg)
-    tokenizer = models.load_tokenizer(cfg)
-    train_set, eval_set, cut = online.prompt_datasets(cfg, data, tokenizer)
+    # ---- data and model (prompts cut to data.max_prompt_length as rendered, keeping their end)
+    data, tokenizer, train_set, eval_set, cut, model = online.prompts_and_policy(cfg)
 
-    # ---- model and rewards
-    model = models.load_model(cfg, tokenizer)
-    model.generation_config.eos_token_id = stop_tokens(tokenizer, cfg.data.chat_template)
+    # ---- rewards
     reward_funcs, reward_tokenizers = rewards.reward_functions(cfg)
 
     # ---- trainer

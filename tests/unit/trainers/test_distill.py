@@ -45,7 +45,9 @@ def test_the_options_reach_trls_config(tmp_path):
     assert not args.bf16 and not args.gradient_checkpointing  # ours on CPU, not trl's defaults
     assert args.log_completions  # trl decodes the sampled texts only then; samples.jsonl is written from them
 
-    cfg.trainer.beta, cfg.data.max_completion_length, cfg.logging.samples_steps = None, None, 0
+    # the method's defaults, resolved (and stated) by plan: the trainer reads the resolved configuration
+    cfg = make_plan(None, overrides + ["trainer.beta=null", "data.max_completion_length=null",
+                                       "logging.samples_steps=0"], Hardware()).cfg
     args = distill_config(cfg, tmp_path, 40, False)
     assert (args.beta, args.max_completion_length) == (1.0, 256)  # reverse KL; the online methods' 256 tokens
     assert not args.log_completions  # samples_steps=0: no samples.jsonl, nothing decoded
