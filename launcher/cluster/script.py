@@ -41,7 +41,7 @@ PORT_BASE, PORT_RANGE = 10000, 20000
 NODE_MODULE = "launcher.cluster.node"
 VLLM_PORT = 8000
 VLLM_URL_VARIABLE = "TUNELAUNCH_VLLM_URL"
-"""launcher.trainers.online.VLLM_URL_VARIABLE (not imported: that module imports transformers)."""
+"""Where the training tasks find the vLLM server this job started (launcher.trainers.online reads it)."""
 VLLM_WAIT_SECONDS = 1800
 """How long the batch step waits for the vLLM server: a first start downloads the model and compiles kernels."""
 

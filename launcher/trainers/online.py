@@ -13,14 +13,13 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from launcher.cluster.script import VLLM_URL_VARIABLE  # set by the batch script that started the vLLM server
 from launcher.config.schema import RunConfig
 from launcher.data.load import is_conversational, prompt_row
 from launcher.distributed import runtime
 
 log = logging.getLogger(__name__)
 
-VLLM_URL_VARIABLE = "TUNELAUNCH_VLLM_URL"
-"""Set by the Slurm batch script when it started the vLLM server on nodes of its own (vllm_mode=server)."""
 
 
 def prompts_and_policy(cfg: RunConfig) -> tuple:
