@@ -75,12 +75,12 @@ def _train_one(config, overrides) -> int:
         return submit.run_batch_step(folder)
     token = plan.hub_token()
     code = launch.run(started, {"HF_TOKEN": token} if token else None)  # the one way the token reaches them
-    state = runs.read_state(folder)
-    if state.get("status") == "preempted":
+    state, status = runs.read_state(folder), runs.read_status(folder)
+    if status is runs.Status.PREEMPTED:
         print(f"\nStopped with {state.get('checkpoint')} saved in {folder}: run the same command again to resume.",
               file=sys.stderr)
         return launch.PREEMPTED
-    if code != 0 and state.get("status") == "finished":
+    if code != 0 and status is runs.Status.FINISHED:
         print(f"\nTraining finished and {folder} is complete, but the upload to the hub failed (see "
               f"{folder / 'train.log'}); retry with `tunelaunch push {folder}`.", file=sys.stderr)
         return 3

@@ -56,6 +56,30 @@ RESUME_MAY_CHANGE = (
 RESUME_IGNORES = ("project_name", "overwrite", "training.resume_from", "hub.token")  # the token is never in the file
 
 
+class Status(str, Enum):
+    """The "status" of run_state.json: written by the workers (and by a node's supervisor when a worker was
+    killed), read by `train`, `runs`, the Slurm supervision and the checks of runs other runs read. The Slurm batch
+    step (launcher/cluster/script.py) writes and compares the same words in bash."""
+    PLANNED = "planned"
+    """The folder is written; no worker has started."""
+    STARTING = "starting"
+    """A Slurm batch step is starting the workers (a start that dies here reports its own failure)."""
+    RUNNING = "running"
+    PREEMPTED = "preempted"
+    """Stopped on a signal with a complete checkpoint: the same command resumes."""
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+def read_status(path: Path) -> Status | None:
+    """The recorded status of a run folder; None without run_state.json (or with a status this version does not
+    know)."""
+    try:
+        return Status(read_state(path).get("status"))
+    except ValueError:
+        return None
+
+
 class RunState(Enum):
     NEW = "new"
     UNFINISHED = "unfinished"
@@ -75,8 +99,7 @@ def run_state(path: Path) -> RunState:
     state_file = path / STATE_FILE
     if not path.is_dir() or not state_file.is_file():
         return RunState.FOREIGN
-    status = json.loads(state_file.read_text()).get("status")
-    return RunState.FINISHED if status == "finished" else RunState.UNFINISHED
+    return RunState.FINISHED if read_status(path) is Status.FINISHED else RunState.UNFINISHED
 
 
 def check_run_dir(cfg: RunConfig) -> tuple[list[Problem], list[str]]:
@@ -284,12 +307,13 @@ def open_run_dir(cfg: RunConfig) -> Path:
         path.rename(path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
     path.mkdir(parents=True, exist_ok=True)
     if not (path / STATE_FILE).exists():
-        write_state(path, "planned")
+        write_state(path, Status.PLANNED)
     return path
 
 
-def write_state(path: Path, status: str, **extra) -> None:
-    atomic.write_text(path / STATE_FILE, json.dumps({"status": status, "time": time.time(), **extra}, indent=2))
+def write_state(path: Path, status: Status, **extra) -> None:
+    atomic.write_text(path / STATE_FILE, json.dumps({"status": Status(status).value, "time": time.time(), **extra},
+                                                    indent=2))
 
 
 def redacted_dict(cfg: RunConfig) -> dict:

@@ -57,7 +57,7 @@ def collect(root: Path) -> list[RunRow]:
             state=jobs.run_status(folder),
             steps=f"{history.get('global_step', 0)}/{history.get('max_steps', '?')}" if history else "0",
             # A finished run: the figure run_state.json and the model card hold (one source); else the latest logged.
-            train_loss=state["train_loss"] if state.get("status") == "finished" and "train_loss" in state else train,
+            train_loss=state["train_loss"] if runs.read_status(folder) is runs.Status.FINISHED and "train_loss" in state else train,
             eval_loss=evals, seconds=state.get("seconds"), overrides=" ".join(shown)))
     return rows
 

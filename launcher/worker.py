@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
         checkpointing.remove_partial_checkpoints(folder)
     resume = runs.resume_checkpoint(folder, cfg.training.resume_from)
     if runtime.is_main():
-        runs.write_state(folder, "running", resumed_from=resume.name if resume else None)
+        runs.write_state(folder, runs.Status.RUNNING, resumed_from=resume.name if resume else None)
     import torch
 
     log.info("rank %d of %d, trainer %s, %d CPU threads, run folder %s%s", runtime.rank(), runtime.world_size(),
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
         metrics = METHODS[cfg.trainer.name].module.train(cfg, folder, str(resume) if resume else None)
         if metrics.get("preempted"):
             if runtime.is_main():
-                runs.write_state(folder, "preempted", global_step=metrics["global_step"],
+                runs.write_state(folder, runs.Status.PREEMPTED, global_step=metrics["global_step"],
                                  checkpoint=f"checkpoint-{metrics['global_step']}")
             log.warning("stopped on a signal after step %d with checkpoint-%d saved: run the same command again "
                         "to resume", metrics["global_step"], metrics["global_step"])
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
             manifest.write(folder, cfg, metrics)
             plot_loss_curve(folder)
             model_card.write(folder, cfg, metrics)
-            runs.write_state(folder, "finished", **metrics)
+            runs.write_state(folder, runs.Status.FINISHED, **metrics)
             if cfg.hub.push_to_hub:
                 # After the run is marked finished: a failed upload must not send a retry back into training.
                 from launcher.hub import push
@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
         if runtime.is_main():
             # A resume that never started forgets its configuration: config.yaml still describes the checkpoints.
             unstarted = resume.name if resume is not None and runs.drop_pending_config(folder) else None
-            runs.write_state(folder, "failed", error=f"{type(err).__name__}: {err}"[:500],
+            runs.write_state(folder, runs.Status.FAILED, error=f"{type(err).__name__}: {err}"[:500],
                              resume_not_started=unstarted)
         runtime.abort()  # no barrier: the other ranks may never reach it, and the job would hang
         raise

@@ -57,15 +57,15 @@ def run(run_dir: Path) -> int:
 
     with console.launcher_stderr(watch=watch):
         code = supervise.run(command, environment(cfg, Hardware.detect(), run_dir))
-    status = runs.read_state(run_dir).get("status")
-    if signals and status not in ("finished", "preempted"):
+    status = runs.read_status(run_dir)
+    if signals and status not in (runs.Status.FINISHED, runs.Status.PREEMPTED):
         name = signal.Signals(signals[0]).name if signals[0] in signal.valid_signals() else f"signal {signals[0]}"
         why = (" (out of memory is the usual cause: the kernel's OOM killer, or the job's --mem)"
                if signals[0] == signal.SIGKILL else "")
         error = f"a worker on {where} was killed by {name} (signal {signals[0]}){why}"
         print(f"tunelaunch: {error}", file=sys.stderr, flush=True)
-        runs.write_state(run_dir, "failed", error=error, killed_by=name, node=where)
-    return supervise.PREEMPTED if status == "preempted" else code
+        runs.write_state(run_dir, runs.Status.FAILED, error=error, killed_by=name, node=where)
+    return supervise.PREEMPTED if status is runs.Status.PREEMPTED else code
 
 
 def _wait_for_rendezvous(host: str, port: int, timeout: float = 900.0) -> None:

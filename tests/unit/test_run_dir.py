@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from launcher import run_dir as runs
 from launcher.config.schema import REDACTED
 from launcher.resolve import resolve
 from launcher.run_dir import (
@@ -329,3 +330,29 @@ def test_the_worker_promotes_the_resume_config_only_once_training_began(tmp_path
     monkeypatch.delenv("TUNELAUNCH_FAIL_BEFORE_RESUME")
     callback.on_train_begin(None, state, None)
     assert read_config(run).training.max_steps == 10 and not (run / PENDING_CONFIG).exists()
+
+
+
+def test_every_status_the_slurm_batch_step_writes_or_compares_is_a_run_status():
+    """The batch step speaks run_state.json's words in bash: each must be a member of run_dir.Status, or `train`,
+    `runs` and the supervision would read a status that is not there."""
+    import re
+    from pathlib import Path
+
+    from launcher.cluster import script
+
+    source = Path(script.__file__).read_text()
+    words = (set(re.findall(r"set_status (\w+)", source)) | set(re.findall(r'"\$\(status\)" = (\w+)', source))
+             | set(re.findall(r'"\$state" = (\w+)', source)))
+    assert {"starting", "finished", "preempted", "running"} <= words
+    assert words <= {s.value for s in runs.Status}, words - {s.value for s in runs.Status}
+
+
+def test_a_status_is_written_as_its_word_and_read_back_as_the_member(tmp_path):
+    runs.write_state(tmp_path, runs.Status.PREEMPTED, global_step=3)
+    assert json.loads((tmp_path / runs.STATE_FILE).read_text())["status"] == "preempted"
+    assert runs.read_status(tmp_path) is runs.Status.PREEMPTED
+    (tmp_path / runs.STATE_FILE).write_text('{"status": "something else"}')
+    assert runs.read_status(tmp_path) is None
+    with pytest.raises(ValueError):
+        runs.write_state(tmp_path, "finishd")
