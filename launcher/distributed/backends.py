@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from launcher.config.schema import DistributedConfig, RunConfig
-from launcher.distributed import deepspeed
+from launcher.distributed import deepspeed, fsdp
 
 
 def world_size(cfg: RunConfig) -> int:
@@ -30,11 +30,17 @@ class Backend:
     package: str | None = None
     """The package it needs (`pip install 'tunelaunch[<package>]'`)."""
     zero: bool = False
-    """ZeRO stages and CPU offload apply (the memory estimate shards by stage; offload is allowed)."""
+    """ZeRO stages apply (the memory estimate shards by stage; which offloads it reads: `offloads`)."""
     fixed_batch: bool = False
     """The batch size is fixed inside the engine: auto_find_batch_size cannot shrink it."""
     flattens_params: bool = False
     """It shards flattened floating-point tensors only (int8 weights cannot be sharded)."""
+    fully_shard: bool = False
+    """FSDP2's fully_shard: parameters, gradients and optimizer states sharded over the world, each layer gathered
+    for its forward and backward (the memory estimate's FSDP layout; distributed.reshard_after_forward applies)."""
+    offloads: tuple[str, ...] = ()
+    """The distributed.offload values it reads; another one but none is refused where this is not empty, and
+    noted as ignored where it is."""
     shards_weights: Callable[[DistributedConfig], bool] = lambda d: False
     label: Callable[[DistributedConfig], str] = lambda d: ""
     """How `plan` names the layout (ZeRO-3 + optimizer offload, DDP)."""
@@ -116,6 +122,22 @@ def _ds_notes(cfg: RunConfig) -> list:
     return notes
 
 
+# ---- FSDP
+
+def _fsdp_label(d: DistributedConfig) -> str:
+    reshard = "" if d.reshard_after_forward else " (no reshard after forward)"
+    return f"FSDP{reshard}" + (" + full offload" if d.offload == "optimizer_and_params" else "")
+
+
+def _fsdp_notes(cfg: RunConfig) -> list:
+    notes = []
+    if not cfg.distributed.reshard_after_forward:
+        notes.append("fsdp: reshard_after_forward=false keeps every layer's gathered parameters from its forward "
+                     "to its backward: one all-gather per step fewer, the whole model in the compute dtype on "
+                     "each GPU at the peak (ZeRO-2's parameter memory; the estimate counts it)")
+    return notes
+
+
 # ---- DDP on a machine without CUDA
 
 def _ddp_trainer(run_dir: Path, cpu_processes: bool) -> dict:
@@ -128,17 +150,15 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     # On a machine without GPUs accelerate's MULTI_GPU type still starts N gloo processes
     # (its MULTI_CPU type needs MPI and silently runs one process without it).
     Backend("ddp", "MULTI_GPU", label=lambda d: "DDP", trainer_kwargs=_ddp_trainer),
-    Backend("deepspeed", "DEEPSPEED", package="deepspeed", zero=True, fixed_batch=True,
+    Backend("deepspeed", "DEEPSPEED", package="deepspeed", zero=True, offloads=("optimizer", "optimizer_and_params"),
+            fixed_batch=True,
             shards_weights=lambda d: d.zero_stage == 3, label=_ds_label, accelerate_extras=_ds_accelerate,
             files=_ds_files, worker_env=_ds_env, trainer_kwargs=_ds_trainer, prepare_state=_ds_prepare_state,
             notes=_ds_notes),
-    Backend("fsdp", "FSDP", needs_gpu=True, fixed_batch=True, flattens_params=True,
-            shards_weights=lambda d: True, label=lambda d: "FSDP",
-            accelerate_extras=lambda cfg, run_dir: {"fsdp_config": {
-                "fsdp_version": 2,
-                "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                "fsdp_state_dict_type": "FULL_STATE_DICT",
-                "fsdp_cpu_ram_efficient_loading": True,
-                "fsdp_reshard_after_forward": True,
-            }}),
+    # FSDP2 (fully_shard); on CPU too, over gloo, through the process state fsdp.prepare_state files for it.
+    Backend("fsdp", "FSDP", fixed_batch=True, flattens_params=True,
+            fully_shard=True, offloads=("optimizer_and_params",),
+            shards_weights=lambda d: True, label=_fsdp_label, notes=_fsdp_notes,
+            accelerate_extras=fsdp.accelerate_extras, trainer_kwargs=fsdp.trainer_kwargs,
+            prepare_state=fsdp.prepare_state),
 )}

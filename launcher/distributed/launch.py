@@ -42,10 +42,6 @@ def check(cfg: RunConfig, hw: Hardware, why_chosen: str = "",
     if d.backend == "none" and world > 1:
         problems.append(Problem("distributed.backend", f"none runs one process but {world} are planned: "
                                 "set distributed.num_processes=1 or choose ddp / deepspeed"))
-    if spec.needs_gpu and hw.gpus == 0:
-        problems.append(Problem("distributed.backend", (
-            f"{d.backend} needs GPUs and this machine has none: on CPU it silently trains unsharded, "
-            "unsynchronised copies. Use distributed=ddp or distributed=zero3 (DeepSpeed runs on CPU).")))
     if spec.package and importlib.util.find_spec(spec.package) is None:
         why = f" (distributed=auto chose it: {why_chosen})" if why_chosen else ""
         problems.append(Problem("distributed.backend", f"{d.backend} needs the {spec.package} package: "
@@ -62,9 +58,31 @@ def check(cfg: RunConfig, hw: Hardware, why_chosen: str = "",
         notes.append(f"quantization: int4 under {spec.label(d)} shards the packed 4-bit weights, which needs "
                      f"bnb_4bit_quant_storage equal to the compute dtype: set to {cfg.precision.mixed_precision} "
                      "(launcher.models does it)")
-    if not spec.zero and d.offload != "none":  # a key this backend does not read: noted, never refused
-        notes.append(f"distributed.offload: {d.offload} is ignored with {d.backend} (CPU offload is DeepSpeed's: "
-                     "choose distributed=zero3 or zero2 to use it)")
+    if not spec.offloads and d.offload != "none":  # a key this backend does not read: noted, never refused
+        notes.append(f"distributed.offload: {d.offload} is ignored with {d.backend} (CPU offload is DeepSpeed's "
+                     "and FSDP's: choose distributed=zero3, zero2 or fsdp to use it)")
+    if spec.offloads and d.offload not in ("none", *spec.offloads):
+        # FSDP2's CPUOffloadPolicy moves the parameter shards, their gradients and the optimizer state together:
+        # there is no optimizer-only form to map `optimizer` to, and silently offloading more would be slower
+        problems.append(Problem("distributed.offload", (
+            f"{d.offload} is not an offload {d.backend} has: it offloads parameters, gradients and optimizer states "
+            f"together (set distributed.offload={' or '.join(spec.offloads)}), or use distributed=zero3 with "
+            f"offload={d.offload} (DeepSpeed steps an offloaded optimizer and keeps the parameters on the GPU)")))
+    if spec.fully_shard and hw.gpus == 0:
+        if d.offload == "optimizer_and_params":
+            problems.append(Problem("distributed.offload", (
+                f"{d.offload} moves the parameters, gradients and optimizer states to CPU memory, and without a GPU "
+                "they are there already (nothing is offloaded; FSDP2's CPUOffloadPolicy pins memory for copies to a "
+                "GPU): set distributed.offload=none")))
+        gpu_only = ["bf16/fp16 mixed precision (FSDP2's MixedPrecisionPolicy: gathers and reductions in 16 bits) "
+                    "is for GPUs: the run gathers and trains in fp32"]
+        if quant == "int4":
+            gpu_only.append("QLoRA's 4-bit weights sharded in their quant storage are the combination peft "
+                            "documents with bitsandbytes' CUDA kernels; on CPU it is untested")
+        notes.append(f"{d.backend} on CPU (gloo): " + "; ".join(gpu_only))
+    if not spec.fully_shard and not d.reshard_after_forward:
+        notes.append(f"distributed.reshard_after_forward: false is ignored with {d.backend} (FSDP's: ZeRO's stage "
+                     "decides what DeepSpeed keeps gathered)")
     if spec.zero and d.offload == "optimizer_and_params" and d.zero_stage != 3:
         problems.append(Problem("distributed.offload / distributed.zero_stage", (
             f"parameter offload needs ZeRO-3 (stage {d.zero_stage} keeps every parameter on each GPU): "

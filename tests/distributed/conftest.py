@@ -94,3 +94,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def train_recipe(base: Path, name: str, recipe: str, *overrides: str, env: dict | None = None,
+                 probe: bool = True) -> Run:
+    """`train` with another recipe than sft/chat_tiny (Hydra takes one `recipe=` per command)."""
+    run_dir, probe_dir = base / name, base / f"{name}-probe"
+    command = [word if not word.startswith("recipe=") else f"recipe={recipe}" for word in train_command(run_dir)]
+    start = time.monotonic()
+    out = subprocess.run([*command, *overrides], cwd=base, env=cli_env(probe_dir if probe else None, env),
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    seconds = time.monotonic() - start
+    return Run(run_dir, probe_dir, out.returncode, out.stdout + out.stderr, seconds, read_probes(probe_dir))

@@ -49,11 +49,11 @@ def test_make_plan_names_the_autotrain_keys(tmp_path):
 def test_make_plan_reports_problems_from_every_stage(tmp_path):
     path = autotrain_file(tmp_path, block_size=4096, model_max_length=1024, lrr=1)
     with pytest.raises(ConfigError) as err:
-        make_plan(str(path), ["distributed=fsdp", "data.train_split=nosuch"], CPU)
+        make_plan(str(path), ["distributed=fsdp", "distributed.offload=optimizer", "data.train_split=nosuch"], CPU)
     keys = [p.key for p in err.value.problems]
     assert "params.lrr" in keys  # translation
     assert "data.block_size / model.max_length" in keys  # cross-field rule
-    assert "distributed.backend" in keys  # launch check: fsdp on CPU
+    assert "distributed.offload" in keys  # launch check: an offload FSDP does not have
     assert any(k.startswith("data.path") for k in keys)  # data check: split not found
 
 

@@ -7,7 +7,9 @@ accelerate's --cpu, FSDP on CPU, and the Trainer's own world size on a machine w
 - TUNELAUNCH_PROBE_DIR=DIR: every rank writes DIR/rank<R>.json at the end of training: the world size as torch
   and as the Trainer see it, the class wrapping the trained model, the parameters this rank holds against the
   full count (ZeRO-3 partitions them), the optimizer-state elements it holds (ZeRO-1/2/3 partition them), a hash
-  of each of its first micro-batches, and a hash of the final parameters (gathered first under ZeRO-3).
+  of each of its first micro-batches, and a hash of the final parameters (gathered first under ZeRO-3 and FSDP).
+  Under FSDP2 also how many parameters are DTensors and, per parameter, the elements of its local shard against
+  the whole tensor's (`shards`).
   Ranks other than 0 also list every file they created, renamed or removed inside the run folder: a Python
   audit hook, plus the two writers that bypass Python's open() (torch.save's zip writer and safetensors'
   serialize_file), which the hook alone missed - rank 1's rng_state_1.pth went unrecorded.
@@ -165,12 +167,41 @@ def _watch_writes(run_dir: Path) -> dict:
 
 # ---- the callback
 
+def _is_dtensor(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _local_numel(t) -> int:
+    """The elements this rank holds: a DTensor's (FSDP2) local shard, a ZeRO-3 partition, else the tensor."""
+    if _is_dtensor(t):
+        return int(t.to_local().numel())
+    return int(t.ds_tensor.numel()) if hasattr(t, "ds_tensor") else int(t.numel())
+
+
 def _tensor_digest(tensors) -> str:
     h = hashlib.sha256()
     for name, t in tensors:
         h.update(name.encode())
-        h.update(t.detach().to("cpu").float().contiguous().numpy().tobytes())
+        if _is_dtensor(t):  # FSDP2: the whole tensor, gathered from every rank's shard (a collective)
+            t = t.full_tensor()
+        # a copy: numpy() on the tensor itself would share its storage, which FSDP2 can then no longer free
+        # ("Trying to resize storage that is not resizable" in the final save)
+        h.update(t.detach().to("cpu", copy=True).float().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def _reshard(model) -> None:
+    """FSDP2: back to the sharded parameters (a module left gathered after a forward, such as the root after the
+    last evaluation, shows its whole tensors instead of its DTensor shards)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def _find_trainer():
@@ -248,11 +279,18 @@ def _make_probe_class():
 
         def on_train_end(self, args, state, control, **kwargs):
             trainer = self.trainer
+            _reshard(trainer.model)
             params = list(trainer.model.named_parameters())
             full = sum(int(getattr(p, "ds_numel", p.numel())) for _, p in params)
-            local = sum(int(p.ds_tensor.numel()) if hasattr(p, "ds_tensor") else p.numel() for _, p in params)
+            local = sum(_local_numel(p) for _, p in params)
             opt = _innermost_optimizer(trainer.optimizer)
-            opt_numel = sum(int(s["exp_avg"].numel()) for s in getattr(opt, "state", {}).values() if "exp_avg" in s)
+            opt_numel = sum(_local_numel(s["exp_avg"]) for s in getattr(opt, "state", {}).values() if "exp_avg" in s)
+            # FSDP2: which parameters are DTensors, and per parameter [elements held here, whole tensor]
+            _record.update(dtensor_params=sum(_is_dtensor(p) for _, p in params), params_count=len(params),
+                           shards={n: [_local_numel(p), int(p.numel()), bool(p.requires_grad)] for n, p in params})
+            ref = getattr(trainer, "ref_model", None)  # trl's separate reference model (dpo without LoRA)
+            if ref is not None:
+                _record["ref_model_dtensor_params"] = sum(_is_dtensor(p) for p in ref.parameters())
             if any(hasattr(p, "ds_tensor") for _, p in params):  # ZeRO-3: gather the partitions (collective)
                 import deepspeed
 
