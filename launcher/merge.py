@@ -6,6 +6,8 @@ needs its base model is the failure AutoTrain users meet only when they deploy.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -47,3 +49,21 @@ def merge_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     merged.save_pretrained(output)
     AutoTokenizer.from_pretrained(run_dir).save_pretrained(output)
     return output
+
+
+def merge_saved_adapter(run_dir: Path, tokenizer) -> None:
+    """`peft.merge_adapter` under FSDP, on rank 0 after the gathered adapter was saved into run_dir: the trained
+    model's weights are DTensor shards spread over the ranks, so instead of merging in place the saved adapter is
+    merged into a fresh copy of its base (merge_run, as `tunelaunch merge` does) and the merged model
+    replaces the adapter files, as the unsharded path leaves them."""
+    run_dir = Path(run_dir)
+    staging = run_dir / ".fsdp-merge"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        os.replace(run_dir / name, staging / name)
+    tokenizer.save_pretrained(staging)  # merge_run copies the adapter folder's tokenizer beside the model
+    merged = merge_run(staging, staging / "merged")
+    for item in merged.iterdir():
+        os.replace(item, run_dir / item.name)
+    shutil.rmtree(staging)

@@ -26,7 +26,6 @@ class Backend:
     name: str
     accelerate_type: str
     """accelerate's distributed_type for it."""
-    needs_gpu: bool = False
     package: str | None = None
     """The package it needs (`pip install 'tunelaunch[<package>]'`)."""
     zero: bool = False

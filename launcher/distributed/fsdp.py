@@ -135,24 +135,3 @@ def checkpoint_world_size(checkpoint_dir: Path | str) -> int | None:
         return len({p.name.split("_")[2] for p in shards})
     return 1 if (folder / "rng_state.pth").is_file() else None
 
-
-def merge_saved_adapter(run_dir: Path, tokenizer) -> None:
-    """`peft.merge_adapter` under FSDP, on rank 0 after the gathered adapter was saved into run_dir: the trained
-    model's weights are DTensor shards spread over the ranks, so instead of merging in place the saved adapter is
-    merged into a fresh copy of its base (launcher.merge, as `tunelaunch merge` does) and the merged model
-    replaces the adapter files, as the unsharded path leaves them."""
-    import shutil
-
-    from launcher.merge import merge_run
-
-    run_dir = Path(run_dir)
-    staging = run_dir / ".fsdp-merge"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    for name in ("adapter_model.safetensors", "adapter_config.json"):
-        os.replace(run_dir / name, staging / name)
-    tokenizer.save_pretrained(staging)  # merge_run copies the adapter folder's tokenizer beside the model
-    merged = merge_run(staging, staging / "merged")
-    for item in merged.iterdir():
-        os.replace(item, run_dir / item.name)
-    shutil.rmtree(staging)

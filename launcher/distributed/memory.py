@@ -24,6 +24,24 @@ Full fine-tune (every parameter trained), bytes per parameter:
   DeepSpeed says 18P/N + 4 x largest layer and we count 20P/N (2 + 2 + 4 + 4 + 8, the terms above);
   tests/unit/distributed/test_memory.py compares with them.
 
+FSDP (FSDP2's fully_shard, through accelerate: one unit per decoder layer, the embedding and the output layer
+units of their own), bytes per trained parameter, all sharded by N:
+    weights 4 (the fp32 master: accelerate upcasts every trained parameter to fp32 and MixedPrecisionPolicy casts
+    to bf16/fp16 as it gathers) + gradients 4 (reduce-scattered into the fp32 shard) + optimizer k
+  that is 16P/N with AdamW, against ZeRO-3's 20P/N: no 16-bit copy beside the fp32 master, no fp32 copy of the
+  gradient partition. A frozen model (the LoRA base, a reference, a teacher) is sharded as loaded (bf16, or
+  QLoRA's packed 4-bit weights, whose quant storage is the compute dtype so that FSDP can shard them). On top,
+  the gathered units in the gather dtype (the compute dtype; 0.55 bytes for a 4-bit Linear):
+    reshard_after_forward=true   the unit computing and the one prefetched: two decoder layers, or the embedding /
+                                 output layer beside one layer when that is more
+    reshard_after_forward=false  every unit stays gathered from its forward to its backward: the whole model
+                                 (ZeRO-2's parameter memory, one all-gather per step fewer)
+  offload=optimizer_and_params (FSDP2's CPUOffloadPolicy) keeps the shards, their gradients and the optimizer in
+  CPU memory and steps there: the GPU holds the gathered units only. Not counted: a layer's unsharded gradient
+  before its reduce-scatter (one layer in the compute dtype, transient). QLoRA under FSDP loads the whole
+  quantized model on every GPU before sharding it (accelerate's cpu_ram_efficient_loading skips 4-bit models):
+  said in the estimate's notes, not in its total.
+
 LoRA / QLoRA: the base is frozen (weights only, no gradients or optimizer states):
     base weights   Linear layers of the blocks: 0.55 bytes (int4 NF4 with double-quantized scales), 1 (int8),
                    else the base dtype; embeddings, norms and the output layer stay in the base dtype.
@@ -33,7 +51,7 @@ LoRA / QLoRA: the base is frozen (weights only, no gradients or optimizer states
                    (peft keeps them in fp32); DoRA adds a magnitude vector of the layer's output size.
     modules_to_save  peft trains a copy of each named module in full: its parameters count as trained (weights,
                    gradients, optimizer states) on top of the frozen original.
-  ZeRO-3 shards the frozen base too; stages 1 and 2 leave it whole on every GPU.
+  ZeRO-3 and FSDP shard the frozen base too; stages 1 and 2 leave it whole on every GPU.
 
 Activations, per micro-batch of b sequences of s tokens (a = 2 bytes in bf16/fp16, 4 in fp32), for a
 decoder with L blocks of hidden size h, key/value width h_kv, MLP width i and vocabulary V, attention through
@@ -48,7 +66,8 @@ sdpa/flash-attention (no s x s matrix is kept):
                              weight-sized norm DoRA computes per layer is transient and not counted.
 
 Frozen models beside the trained one (their weights only, counted as the LoRA base above: the run's base dtype,
-quantized with QLoRA; whole on every GPU except under ZeRO-3, which shards them as it shards the policy):
+quantized with QLoRA; whole on every GPU except under ZeRO-3 and FSDP, which shard them as they shard the
+policy):
     reference      dpo and kto always; grpo and rloo when trainer.beta > 0 (null is their default, 0: none). With
                    LoRA and no trainer.model_ref it is the base with the adapter switched off: no extra weights.
                    Its shape is trainer.model_ref's when that is a local folder (or in the hub cache), else the
@@ -78,6 +97,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from launcher.config.schema import DistributedConfig, RunConfig
 from launcher.distributed.backends import BACKENDS
@@ -130,24 +150,41 @@ class Layout:
     """A row of launcher.distributed.backends."""
     zero_stage: int = 0
     offload: str = "none"
+    reshard: bool = True
+    """FSDP's reshard_after_forward (true for every other backend, which does not read it)."""
 
     @property
     def zero(self) -> bool:
         return BACKENDS[self.backend].zero
 
     @property
+    def fsdp(self) -> bool:
+        return BACKENDS[self.backend].fully_shard
+
+    @property
     def label(self) -> str:
-        return BACKENDS[self.backend].label(DistributedConfig(self.backend, self.zero_stage or 2, self.offload))
+        return BACKENDS[self.backend].label(DistributedConfig(
+            backend=self.backend, zero_stage=self.zero_stage or 2, offload=self.offload,
+            reshard_after_forward=self.reshard))
 
     def apply(self, d: DistributedConfig) -> None:
-        """Make the configuration say this layout: the backend, and ZeRO's stage and offload where they apply."""
+        """Make the configuration say this layout: the backend, and ZeRO's stage and offload or FSDP's resharding
+        and offload where they apply."""
         d.backend = self.backend
         if self.zero:
             d.zero_stage, d.offload = self.zero_stage, self.offload
+        elif self.fsdp:
+            d.offload, d.reshard_after_forward = self.offload, self.reshard
 
     @classmethod
     def of(cls, d: DistributedConfig) -> "Layout":
-        return cls(d.backend, d.zero_stage, d.offload) if BACKENDS[d.backend].zero else cls(d.backend)
+        if BACKENDS[d.backend].zero:
+            return cls(d.backend, d.zero_stage, d.offload)
+        if BACKENDS[d.backend].fully_shard:
+            # optimizer-only offload is refused with FSDP (launch.check); estimated as none meanwhile
+            return cls(d.backend, offload=d.offload if d.offload == "optimizer_and_params" else "none",
+                       reshard=bool(d.reshard_after_forward))
+        return cls(d.backend)
 
 
 @dataclass
@@ -419,14 +456,32 @@ def optimizer_state_bytes(name: str) -> float:
 
 
 def frozen_bytes(cfg: RunConfig, shape: ModelShape, sixteen_bit: bool) -> float:
-    """A frozen model's weights as launcher.models loads it: the LoRA base, a reference, a teacher. bf16 with LoRA
-    in bf16 (else fp32: a full fine-tune's load keeps fp32 master weights), 16-bit wherever DeepSpeed casts it;
-    QLoRA quantizes the Linear layers of the blocks."""
-    mp = cfg.precision.mixed_precision
-    base_dtype = 2 if (cfg.peft.enabled and mp == "bf16") or sixteen_bit else 4
+    """A frozen model's weights as launcher.models loads it: the LoRA base, a reference, a teacher. In
+    precision.weights_dtype (auto: bf16 with LoRA in bf16, else fp32: a full fine-tune's load keeps fp32 master
+    weights), 16-bit wherever DeepSpeed casts it; QLoRA quantizes the Linear layers of the blocks."""
+    mp, loaded = cfg.precision.mixed_precision, cfg.precision.weights_dtype
+    if loaded == "auto":  # unresolved: what launcher.resolve.automatic_weights_dtype makes of it
+        loaded = "bf16" if cfg.peft.enabled and mp == "bf16" else "fp32"
+    base_dtype = 2 if loaded in ("bf16", "fp16") or sixteen_bit else 4
     quant = {"int4": INT4_BYTES, "int8": INT8_BYTES}.get(cfg.quantization.mode) if cfg.peft.enabled else None
     linear_bytes = quant if quant is not None else base_dtype
     return shape.block_linear_params * linear_bytes + (shape.params - shape.block_linear_params) * base_dtype
+
+
+def fsdp_gathered(cfg: RunConfig, shape: ModelShape, gather_bytes: int, reshard: bool) -> float:
+    """Bytes of the parameters FSDP holds gathered at its peak, in the gather dtype (`gather_bytes`: the compute
+    dtype, MixedPrecisionPolicy's param_dtype), a QLoRA layer's 4-bit Linear weights as packed. Resharding after
+    forward: the unit computing and the one prefetched - two decoder layers, or the embedding / output layer
+    beside a layer when that is more (accelerate makes each of them a unit of its own). Without: every unit, held
+    from its forward to its backward."""
+    quant = {"int4": INT4_BYTES, "int8": INT8_BYTES}.get(cfg.quantization.mode) if cfg.peft.enabled else None
+    linear = gather_bytes if quant is None else quant
+    if not reshard:
+        return shape.block_linear_params * linear + (shape.params - shape.block_linear_params) * gather_bytes
+    # the Linear layers of one block (block_linear_params counts them over all blocks)
+    layer_linear = shape.block_linear_params / max(shape.layers, 1)
+    layer = layer_linear * linear + max(shape.block_params - layer_linear, 0) * gather_bytes
+    return max(2 * layer, shape.largest_module_params * gather_bytes + layer)
 
 
 def sequence_tokens(cfg: RunConfig) -> int:
@@ -477,8 +532,8 @@ def estimate(cfg: RunConfig, shape: ModelShape, layout: Layout, world: int,
         frozen_models = companions(cfg, shape)
     mp = cfg.precision.mixed_precision
     act_bytes = 2 if mp in ("bf16", "fp16") else 4
-    ds = layout.zero
-    n = world if ds else 1
+    ds, fs = layout.zero, layout.fsdp
+    n = world if ds or fs else 1
     stage, offload = (layout.zero_stage, layout.offload) if ds else (0, "none")
     k = optimizer_state_bytes(cfg.training.optimizer)
     sixteen_bit = ds and mp in ("bf16", "fp16")
@@ -490,8 +545,9 @@ def estimate(cfg: RunConfig, shape: ModelShape, layout: Layout, world: int,
         frozen = frozen_bytes(cfg, shape, sixteen_bit)
     else:
         trained, frozen = shape.params, 0.0
-    # trl prepares a reference or teacher with DeepSpeed: ZeRO-3 shards it, stages 1-2 leave it whole (stage 0)
-    ref, teacher = (frozen_bytes(cfg, m, sixteen_bit) / (n if stage >= 3 else 1) if m else 0.0
+    # trl prepares a reference or teacher with DeepSpeed or FSDP: ZeRO-3 and FSDP shard it, stages 1-2 leave it
+    # whole (stage 0)
+    ref, teacher = (frozen_bytes(cfg, m, sixteen_bit) / (n if stage >= 3 or fs else 1) if m else 0.0
                     for m in (frozen_models.reference, frozen_models.teacher))
 
     w_b, g_b, o_b = (2, 2, 4 + k) if sixteen_bit else (4, 4, k)
@@ -521,6 +577,18 @@ def estimate(cfg: RunConfig, shape: ModelShape, layout: Layout, world: int,
     if offload == "optimizer_and_params":
         offloaded += weights
         weights = 0.0
+    notes = frozen_models.notes
+    if fs:
+        # FSDP2 shards all of it; sixteen_bit is false, so weights/gradients/optimizer are the fp32 master, its fp32
+        # gradient and the optimizer's state (accelerate upcasts the trained parameters to fp32)
+        weights, grads, opt = weights / n, grads / n, opt / n
+        gather = fsdp_gathered(cfg, shape, act_bytes, layout.reshard)
+        if layout.offload == "optimizer_and_params":  # CPUOffloadPolicy: the shards live and step on the CPU
+            offloaded = weights + grads + opt
+            weights = grads = opt = 0.0
+        if cfg.peft.enabled and cfg.quantization.mode == "int4":
+            notes += (f"loading: each GPU holds the whole 4-bit model ({frozen / GIB:.1f} GiB) before FSDP shards "
+                      "it (accelerate's cpu_ram_efficient_loading skips 4-bit models)",)
     grads += grads32
 
     b, s = cfg.training.batch_size, sequence_tokens(cfg)
@@ -538,9 +606,10 @@ def estimate(cfg: RunConfig, shape: ModelShape, layout: Layout, world: int,
     kv, rollout = rollout_bytes(cfg, shape, act_bytes)
     return Estimate(layout, world, weights=weights + gather, gradients=grads, optimizer=opt,
                     activations=blocks + logits + dora, cpu_offloaded=offloaded,
-                    details={"trained_params": trained, "params": shape.params, "zero3_gather": gather},
+                    details={"trained_params": trained, "params": shape.params, "zero3_gather": gather if ds else 0.0,
+                             "gathered": gather},
                     reference=ref, teacher=teacher, kv_cache=kv, rollout_logits=rollout, vllm_share=vllm_share(cfg),
-                    notes=frozen_models.notes)
+                    notes=notes)
 
 
 # ---- auto: the first layout that fits
@@ -548,15 +617,46 @@ def estimate(cfg: RunConfig, shape: ModelShape, layout: Layout, world: int,
 CANDIDATES = (
     Layout("ddp"),
     Layout("deepspeed", 2),
+    Layout("fsdp", reshard=False),
     Layout("deepspeed", 3),
+    Layout("fsdp"),
     Layout("deepspeed", 3, "optimizer"),
     Layout("deepspeed", 3, "optimizer_and_params"),
+    Layout("fsdp", offload="optimizer_and_params"),
 )
+"""auto's layouts in the order it tries them: by what each adds to a step's time, ZeRO before FSDP at equal cost
+when deepspeed is installed (see `choose`)."""
+
+
+def installed(package: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
 
 
 def choose(cfg: RunConfig, shape: ModelShape | None, why_none: str, world: int,
-           gpu_memory_gib: float | None) -> tuple[Layout, str, Estimate | None]:
-    """(layout, reason, its estimate) for distributed.backend=auto."""
+           gpu_memory_gib: float | None, available: Callable[[str], bool] = installed,
+           ) -> tuple[Layout, str, Estimate | None]:
+    """(layout, reason, its estimate) for distributed.backend=auto: the first of CANDIDATES whose estimate fits.
+
+    The order is what each layout costs a step beyond the compute, cheapest first:
+      1. DDP: one all-reduce of the gradients.
+      2. ZeRO-2, then FSDP without resharding: the same volume (a reduce-scatter of the gradients and one
+         all-gather of the parameters), the parameters whole on each GPU for most of the step.
+      3. ZeRO-3, then FSDP: a second all-gather of the parameters in the backward (1.5x DDP's traffic).
+      4. ZeRO-3 with optimizer offload: the optimizer steps on the CPU and the gradients cross PCIe, several times
+         slower than any of the above; then ZeRO-3 with full offload and FSDP with CPU offload (FSDP2 has no
+         optimizer-only offload): the parameters cross PCIe at every gather too.
+    ZeRO-2 therefore comes before FSDP whenever the replicated parameters fit (it communicates less than
+    resharding FSDP), and any layout that fits without offload comes before any offload.
+
+    At equal cost ZeRO comes first when deepspeed is installed: that is what auto chose before FSDP was a
+    candidate, so a configuration that did not change plans the same, and ZeRO's CPU path is the one the launcher
+    runs in its own tests. FSDP is taken where ZeRO at the same cost does not fit and FSDP does: it holds 16 bytes
+    per trained parameter with AdamW where ZeRO holds 20 (no 16-bit copy beside the fp32 master, no fp32 copy of
+    the gradient shard), which can spare an offload. Without deepspeed, FSDP takes ZeRO's place at each step
+    (torch's own, no package). When nothing fits, the smallest estimate is returned and the reason says so.
+    `available(package)`: whether a backend's package is installed (a layout whose package is not is skipped)."""
     frozen_models = companions(cfg, shape) if shape else None
     if world == 1:
         est = estimate(cfg, shape, Layout("none"), 1, frozen_models) if shape else None
@@ -566,16 +666,27 @@ def choose(cfg: RunConfig, shape: ModelShape | None, why_none: str, world: int,
     if not gpu_memory_gib:
         est = estimate(cfg, shape, Layout("ddp"), world, frozen_models)
         return Layout("ddp"), f"{world} processes: DDP (no GPU memory to compare the estimate with)", est
-    tried = []
-    for layout in CANDIDATES:
+    missing = sorted({p for layout in CANDIDATES if (p := BACKENDS[layout.backend].package) and not available(p)})
+    candidates = [layout for layout in CANDIDATES if BACKENDS[layout.backend].package not in missing]
+    order = ", ".join(layout.label for layout in candidates)
+    without = f" ({', '.join(missing)} not installed: its layouts left out)" if missing else ""
+    tried, estimates = [], []
+    for layout in candidates:
         est = estimate(cfg, shape, layout, world, frozen_models)
         if est.fits(gpu_memory_gib):
-            why = f"{world} processes: {layout.label}, the first of DDP, ZeRO-2, ZeRO-3, ZeRO-3 + offload " \
-                  f"whose estimate fits {gpu_memory_gib:g} GiB" + (
-                      f" beside vLLM's {est.vllm_share:.0%}" if est.vllm_share else "")
+            why = f"{world} processes: {layout.label}, the first of {order}{without} whose estimate fits " \
+                  f"{gpu_memory_gib:g} GiB" + (f" beside vLLM's {est.vllm_share:.0%}" if est.vllm_share else "")
             if tried:
                 why += " (" + "; ".join(tried) + ")"
+            if layout.fsdp and not missing and tried:
+                why += "; FSDP fits where ZeRO at the same communication does not"
+                if not cfg.peft.enabled and cfg.precision.mixed_precision in ("bf16", "fp16"):
+                    # the difference that matters in 16-bit full fine-tunes; otherwise it is the gathered units
+                    why += (": no 16-bit copy beside the fp32 master weights nor fp32 copy of the gradient shard "
+                            "(with AdamW 16 bytes per parameter over the GPUs, where ZeRO holds 18 or 20)")
             return layout, why, est
         tried.append(f"{layout.label} needs ~{est.total / GIB:.0f} GiB")
-    return layout, (f"{world} processes: nothing fits {gpu_memory_gib:g} GiB per GPU even with ZeRO-3 and full "
-                    f"offload ({'; '.join(tried)}): {layout.label} is the closest"), est
+        estimates.append((est.total, layout, est))
+    _, layout, est = min(estimates, key=lambda item: item[0])
+    return layout, (f"{world} processes: nothing fits {gpu_memory_gib:g} GiB per GPU even with CPU offload "
+                    f"({'; '.join(tried)}){without}: {layout.label} is the closest"), est

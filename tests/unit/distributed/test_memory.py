@@ -188,14 +188,17 @@ def test_activations_without_checkpointing_in_fp32(shape):
     assert (est.weights, est.gradients, est.optimizer) == (4 * P, 4 * P, 8 * P)
 
 
-# ---- auto's choice: the first of DDP, ZeRO-2, ZeRO-3, ZeRO-3 + optimizer offload, + parameter offload that fits
-# in 90% of the GPU. The per-GPU totals above (8 GPUs): DDP 122.3 GiB, ZeRO-2 34.4, ZeRO-3 23.3,
-# ZeRO-3 + optimizer offload 6.5, + parameter offload 4.6. On 2 GPUs: ZeRO-3 79.4, + optimizer offload 12.1.
+# ---- auto's choice: the first of DDP, ZeRO-2, FSDP without resharding, ZeRO-3, FSDP, ZeRO-3 + optimizer offload,
+# + parameter offload, FSDP + offload that fits in 90% of the GPU. The per-GPU totals above (8 GPUs): DDP 122.3 GiB,
+# ZeRO-2 34.4, ZeRO-3 23.3, ZeRO-3 + optimizer offload 6.5, + parameter offload 4.6; FSDP's
+# (tests/unit/distributed/test_memory_fsdp.py): no resharding 32.6, FSDP 19.0. On 2 GPUs: ZeRO-3 79.4,
+# + optimizer offload 12.1. At 24 GiB FSDP fits without offload where ZeRO-3 does not: it replaced ZeRO-3 +
+# optimizer offload, auto's choice there before FSDP was a candidate.
 
 @pytest.mark.parametrize("world, gib, expected", [
     (8, 80, Layout("deepspeed", 2)),                           # 34.4 <= 72
     (8, 32, Layout("deepspeed", 3)),                           # 34.4 > 28.8 >= 23.3
-    (8, 24, Layout("deepspeed", 3, "optimizer")),              # 23.3 > 21.6 >= 6.5
+    (8, 24, Layout("fsdp")),                                   # ZeRO-3 23.3 > 21.6 >= FSDP 19.0
     (2, 12, Layout("deepspeed", 3, "optimizer_and_params")),   # 12.1 > 10.8 >= 4.6
 ])
 def test_auto_picks_the_first_layout_that_fits(shape, world, gib, expected):
@@ -208,8 +211,11 @@ def test_auto_picks_the_first_layout_that_fits(shape, world, gib, expected):
 
 def test_auto_with_nothing_that_fits_says_so(shape):
     layout, reason, est = memory.choose(run_config(), shape, "", 2, 4)
-    assert layout == Layout("deepspeed", 3, "optimizer_and_params")
+    # the smallest estimate: FSDP + offload holds its gathered layers only (4.0 GiB against ZeRO-3's 4.6 with
+    # full offload, which was returned as the last one tried before FSDP was a candidate)
+    assert layout == Layout("fsdp", offload="optimizer_and_params")
     assert "nothing fits 4 GiB" in reason and not est.fits(4)
+    assert f"{layout.label} is the closest" in reason and "ZeRO-3 + full offload needs ~5 GiB" in reason
 
 
 def test_auto_small_model_is_ddp_and_one_process_is_none(shape):
