@@ -152,6 +152,9 @@ def _check_resume(cfg: RunConfig, path: Path) -> tuple[list[Problem], list[str]]
                         "deleted), or choose another project_name")], []
     if refused:
         return [_refused_resume(path, found, refused, explicit=choice != "latest")], []
+    other_world = _written_by_another_world(cfg, found)
+    if other_world:
+        return [other_world], []
     short = _max_steps_not_extended(cfg, found)
     if short:
         return [short], []
@@ -174,6 +177,24 @@ def _refused_resume(path: Path, checkpoint: Path, refused: list, explicit: bool)
     return Problem(keys or "data.path", f"{path} holds an unfinished run whose {checkpoint.name} was trained with "
                    f"another configuration; resuming it with this one would train something else:{listing}\n"
                    f"    Resume it with these keys as they were, or {way_out}")
+
+
+def _written_by_another_world(cfg: RunConfig, checkpoint: Path) -> Problem | None:
+    """A sharded (FSDP) checkpoint read back under another number of processes. torch.distributed.checkpoint could
+    reshard its weights and optimizer states, but the checkpoint's per-rank random states and its data position
+    (counted in batches of the old global size) belong to the world that wrote it: the resume would not be exact.
+    The configuration's own world size is compared by config_changes; this reads what the checkpoint holds (a
+    run whose world came from the user's launcher, or a config.yaml replaced by hand)."""
+    from launcher.distributed.backends import world_size
+    from launcher.distributed.fsdp import checkpoint_world_size
+
+    written, planned = checkpoint_world_size(checkpoint), world_size(cfg)
+    if written is None or written == planned:
+        return None
+    return Problem("distributed.num_processes / distributed.num_nodes", (
+        f"{checkpoint} holds FSDP shards written by {written} process(es), and this run plans {planned}: a sharded "
+        f"checkpoint resumes exactly only in the world that wrote it (its per-rank random states and its data "
+        f"position belong to that world size). Resume with {written} process(es), or choose another project_name"))
 
 
 def _max_steps_not_extended(cfg: RunConfig, checkpoint: Path) -> Problem | None:

@@ -11,6 +11,7 @@ from transformers import TrainerCallback
 from launcher.checkpointing import prepare_trainer
 from launcher.config.schema import RunConfig
 from launcher.distributed import runtime
+from launcher.resolve import LOGS_PER_RUN, planned_steps  # noqa: F401 (planned_steps: the trainers' import)
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +60,12 @@ def training_kwargs(cfg: RunConfig, run_dir: Path, train_rows: int, has_eval: bo
     )
 
 
-def planned_steps(cfg: RunConfig, train_rows: int, world_size: int) -> int:
-    t = cfg.training
-    if t.max_steps > 0:
-        return t.max_steps
-    per_step = t.batch_size * t.gradient_accumulation * world_size
-    return max(1, math.ceil(train_rows / per_step)) * t.epochs
-
-
 def logging_steps(cfg: RunConfig, steps: int) -> int:
-    """-1 (AutoTrain's automatic): about 25 logs over the run, every step for short runs."""
+    """The plan resolves logging.steps (launcher.resolve); it is still -1 only when the data was not at hand
+    there, and is then planned here the same way from the rows the worker counted."""
     if cfg.logging.steps > 0:
         return cfg.logging.steps
-    return max(1, steps // 25)
+    return max(1, steps // LOGS_PER_RUN)
 
 
 def save_final(trainer, cfg: RunConfig, run_dir: Path, tokenizer) -> str:
@@ -79,7 +73,20 @@ def save_final(trainer, cfg: RunConfig, run_dir: Path, tokenizer) -> str:
     A requested merge that fails is an error, not a warning: the user asked for a standalone model."""
     model = trainer.model
     kind = "adapter" if cfg.peft.enabled else "full"
-    if cfg.peft.enabled and cfg.peft.merge_adapter:
+    if getattr(trainer, "is_fsdp_enabled", False):
+        # FSDP's checkpoints are sharded (each rank's DCP shard); save_model writes nothing then. The run folder
+        # gets one whole model: every rank's shards gathered (a collective: every rank calls it) and written by
+        # rank 0, as the adapter alone for LoRA (the PeftModel's save keeps its own keys).
+        from launcher.merge import merge_saved_adapter
+
+        state_dict = trainer.accelerator.get_state_dict(model)
+        if trainer.is_world_process_zero():
+            trainer._save(str(run_dir), state_dict=state_dict)
+            if cfg.peft.enabled and cfg.peft.merge_adapter:
+                merge_saved_adapter(run_dir, tokenizer)
+                kind = "merged"
+        del state_dict
+    elif cfg.peft.enabled and cfg.peft.merge_adapter:
         unwrapped = trainer.accelerator.unwrap_model(model)
         merged = unwrapped.merge_and_unload()
         if trainer.is_world_process_zero():

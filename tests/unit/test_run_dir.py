@@ -356,3 +356,33 @@ def test_a_status_is_written_as_its_word_and_read_back_as_the_member(tmp_path):
     assert runs.read_status(tmp_path) is None
     with pytest.raises(ValueError):
         runs.write_state(tmp_path, "finishd")
+
+
+def _fsdp_checkpoint(folder, ranks: int):
+    (folder / "pytorch_model_fsdp_0").mkdir()
+    for rank in range(ranks):
+        (folder / f"rng_state_{rank}.pth").write_bytes(b"")
+        (folder / "pytorch_model_fsdp_0" / f"__{rank}_0.distcp").write_bytes(b"")
+
+
+def test_a_sharded_checkpoint_resumes_only_in_the_world_that_wrote_it(tmp_path):
+    """The configuration's world size is compared as a refused key; an FSDP checkpoint's own ranks are read too,
+    so a world that came from elsewhere (the user's launcher) meets the same refusal, naming both counts."""
+    cfg = unfinished_run(tmp_path)
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    _fsdp_checkpoint(checkpoint, ranks=2)
+    problems, _ = check_run_dir(cfg)  # one process planned, two wrote it
+    assert [p.key for p in problems] == ["distributed.num_processes / distributed.num_nodes"]
+    assert "written by 2 process(es), and this run plans 1" in problems[0].message
+    cfg.distributed.num_processes = 2  # the configuration's own change is listed as such
+    problems, _ = check_run_dir(cfg)
+    assert len(problems) == 1 and "distributed.num_processes None -> 2" in problems[0].message
+
+
+def test_a_sharded_checkpoint_of_the_same_world_resumes(tmp_path):
+    cfg = unfinished_run(tmp_path)
+    cfg.distributed.num_processes = 2
+    write_config(tmp_path / "run", cfg)
+    _fsdp_checkpoint(tmp_path / "run" / "checkpoint-3", ranks=2)
+    problems, notes = check_run_dir(cfg)
+    assert problems == [] and notes[0].endswith("training resumes from checkpoint-3")
