@@ -29,12 +29,20 @@ class Method:
 
     online: bool = False
     """It trains on completions it samples from the model itself (prompt-only data; generation in the loop)."""
+    packs: bool = False
+    """It packs with data.packing: several examples share one row, each attending only to itself (padding-free);
+    it then reads the packing keys (`_PACKING`, added to `reads`)."""
+
+    def __post_init__(self):
+        if self.packs:
+            object.__setattr__(self, "reads", (*self.reads, *_PACKING))
 
     @property
     def module(self):
         return importlib.import_module(f"launcher.trainers.{self.name}")
 
 
+_PACKING = ("data.packing", "data.chunk_size")
 _PREFERENCE_PAIRS = "prompt+chosen+rejected (or prompt+text+rejected_text)"
 _PROMPT_LIMITS = ("data.max_prompt_length", "data.max_completion_length")
 _SAMPLING = ("trainer.temperature", "trainer.top_p", "trainer.generation", "trainer.vllm_mode",
@@ -50,27 +58,28 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sft", "supervised fine-tuning on text, chat, prompt/completion or Alpaca rows",
            ("alpaca", "prompt_completion", "messages", "text"),
            "text, messages, prompt+completion or instruction+output",
-           autotrain_tasks=("llm-sft",), reads=("trainer.train_on", "training.neftune_noise_alpha")),
+           autotrain_tasks=("llm-sft",), packs=True,
+           reads=("trainer.train_on", "training.neftune_noise_alpha", "data.wrap_packed_sequences")),
     Method("default", "causal LM on text concatenated into block_size blocks",
            ("alpaca", "prompt_completion", "messages", "text"), "text",
            autotrain_tasks=("llm-generic",)),
     Method("reward", "a one-label score head on chosen/rejected pairs", ("preference", "reward_pair"),
-           "text+rejected_text or chosen+rejected", pairs=True, score_head=True, autotrain_tasks=("llm-reward",)),
+           "text+rejected_text or chosen+rejected", pairs=True, score_head=True, packs=True, autotrain_tasks=("llm-reward",)),
     Method("dpo", "direct preference optimisation against a frozen reference", ("preference",), _PREFERENCE_PAIRS,
-           pairs=True, autotrain_tasks=("llm-dpo",),
+           pairs=True, packs=True, autotrain_tasks=("llm-dpo",),
            reads=("trainer.beta", "trainer.model_ref", "trainer.loss_type", "trainer.loss_weights",
                   "trainer.label_smoothing", *_PROMPT_LIMITS)),
     Method("orpo", "odds-ratio preference optimisation (no reference model)", ("preference",), _PREFERENCE_PAIRS,
-           pairs=True, autotrain_tasks=("llm-orpo",), reads=("trainer.beta", *_PROMPT_LIMITS)),
+           pairs=True, packs=True, autotrain_tasks=("llm-orpo",), reads=("trainer.beta", *_PROMPT_LIMITS)),
     Method("cpo", "contrastive preference optimisation: DPO's loss without a reference, plus SFT on the chosen answer",
-           ("preference",), _PREFERENCE_PAIRS, pairs=True,
+           ("preference",), _PREFERENCE_PAIRS, pairs=True, packs=True,
            reads=("trainer.beta", "trainer.cpo_alpha", "trainer.label_smoothing", *_PROMPT_LIMITS)),
     Method("simpo", "simple preference optimisation: length-normalised reward with a target margin, no reference",
-           ("preference",), _PREFERENCE_PAIRS, pairs=True,
+           ("preference",), _PREFERENCE_PAIRS, pairs=True, packs=True,
            reads=("trainer.beta", "trainer.simpo_gamma", "trainer.cpo_alpha", "trainer.label_smoothing",
                   *_PROMPT_LIMITS)),
     Method("kto", "Kahneman-Tversky optimisation on single completions labelled desirable or not, against a "
-           "frozen reference", ("unpaired", "unpaired_messages"), "prompt+completion+label (or messages+label)",
+           "frozen reference", ("unpaired", "unpaired_messages"), "prompt+completion+label (or messages+label)", packs=True,
            reads=("trainer.beta", "trainer.model_ref", "trainer.desirable_weight", "trainer.undesirable_weight",
                   *_PROMPT_LIMITS)),
     Method("grpo", "group relative policy optimisation: sample a group of completions per prompt, score them with "

@@ -43,8 +43,13 @@ def load_tokenizer(cfg: RunConfig):
 
 
 def packs_padding_free(cfg: RunConfig) -> bool:
-    """sft with best-fit packing: batches are one row of samples with their boundaries (launcher/attention.py)."""
-    return cfg.trainer.name == "sft" and cfg.data.packing and not cfg.data.wrap_packed_sequences
+    """A method that packs (sft, the pairwise trainers), with best-fit packing: batches are one row of samples with
+    their boundaries (launcher/attention.py; launcher/trainers/packed_pairs.py for the pairwise ones)."""
+    from launcher.methods import METHODS
+
+    method = METHODS.get(cfg.trainer.name)
+    wraps = cfg.data.wrap_packed_sequences and cfg.trainer.name == "sft"  # only sft reads it: blocks across samples
+    return bool(method and method.packs and cfg.data.packing and not wraps)
 
 
 def load_model(cfg: RunConfig, tok, model_class=None, **kwargs):
@@ -54,9 +59,11 @@ def load_model(cfg: RunConfig, tok, model_class=None, **kwargs):
     m = cfg.model
     model_class = model_class or AutoModelForCausalLM
     compute = DTYPES[cfg.precision.mixed_precision]
-    # Full fine-tunes keep fp32 master weights (autocast does the mixed precision); LoRA freezes the base,
-    # so it may sit in the compute dtype to halve memory.
-    dtype = compute if cfg.peft.enabled and compute is torch.bfloat16 else torch.float32
+    from launcher.resolve import automatic_weights_dtype
+
+    # resolved by the plan (launcher.resolve, step 1); "auto" only in run folders written before the key existed
+    weights = cfg.precision.weights_dtype
+    dtype = DTYPES[automatic_weights_dtype(cfg) if weights == "auto" else weights]
     quant = quantization_config(cfg, compute)
     # Weights the checkpoint lacks (a reward model's new score head) are drawn here, before the Trainer seeds:
     # without a seed two runs of one config started from different heads.

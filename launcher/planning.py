@@ -69,7 +69,8 @@ def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware 
     adopted, adopted_notes = external.adopt(cfg, user_launcher) if user_launcher else ([], [])
     problems = composed.problems + adopted + validate(cfg)
     data = check_data(cfg)
-    resolution = resolve(cfg, hw, data.format)
+    resolution = resolve(cfg, hw, data.format,
+                         len(data.train.rows) if data.train is not None and not data.problems else None)
     if user_launcher is not None and auto_backend:
         resolution.backend_reason = f"set up by {user_launcher.started_by}"
     launch_problems, launch_notes = launch.check(cfg, hw, resolution.backend_reason if auto_backend else "",
@@ -78,8 +79,8 @@ def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware 
     problems += data.problems + resolution.problems + _online_problems(cfg, data) + launch_problems + dir_problems
     if problems:
         raise ConfigError(problems, composed.source, composed.origin, composed.places)
-    notes = (composed.notes + adopted_notes + unused_keys(cfg) + data.notes + resolution.notes + launch_notes
-             + dir_notes)
+    notes = (composed.notes + adopted_notes + unused_keys(cfg) + data.notes + resolution.notes
+             + _packing_estimate(cfg, data) + launch_notes + dir_notes)
     plan = Plan(cfg, hw, data, resolution, notes, user_launcher=user_launcher)
     if cfg.hub.push_to_hub and not cfg.hub.username:
         plan.blockers.append(Problem("hub.username", "push_to_hub is true but no username is set (the repository "
@@ -110,6 +111,42 @@ def _online_problems(cfg: RunConfig, data: DataCheck) -> list[Problem]:
     if reads(name, "trainer.teacher"):
         problems += teacher.check_teacher(cfg)
     return problems
+
+
+CHARS_PER_TOKEN = 4
+"""English text in a BPE vocabulary, roughly: the plan counts characters (it tokenises nothing)."""
+
+
+def _packing_estimate(cfg: RunConfig, data: DataCheck) -> list[str]:
+    """What packing saves on this data, estimated from the rows' characters (tokens ~ characters / 4, each sequence
+    cut at block_size): computed tokens of padded batches (each batch padded to its longest sequence, as the
+    trainers batch them) against packed ones (only real tokens). `prepare --show` counts the real tokens."""
+    from launcher.methods import METHODS
+    from launcher.trainers.packed_pairs import packing_efficiency
+
+    method = METHODS[cfg.trainer.name]
+    if not (cfg.data.packing and method.packs) or data.train is None or data.problems:
+        return []
+    block = cfg.data.block_size
+
+    def tokens(*values) -> int:
+        chars = sum(len(m.get("content") or "") if isinstance(m, dict) else len(str(m))
+                    for v in values if v is not None for m in (v if isinstance(v, list) else [v]))
+        return min(block, max(1, round(chars / CHARS_PER_TOKEN)))
+
+    lengths = []
+    for row in data.train.rows:
+        if method.pairs:
+            lengths.append((tokens(row.get("prompt"), row.get("chosen")), tokens(row.get("prompt"), row.get("rejected"))))
+        elif cfg.trainer.name == "kto":
+            lengths.append((tokens(row.get("prompt"), row.get("completion"), row.get("messages")),))
+        else:
+            lengths.append((tokens(*row.values()),))
+    est = packing_efficiency(lengths, cfg.training.batch_size, cfg.data.chunk_size)
+    return [f"data: packing efficiency (estimated from the rows' characters, ~{CHARS_PER_TOKEN} per token; "
+            f"`tunelaunch prepare` counts the tokens): padded batches of {cfg.training.batch_size} would compute "
+            f"{est.padded_tokens / max(est.real_tokens, 1):.2f} tokens per real token, packed rows 1.00: up to "
+            f"{est.ceiling:.2f}x fewer computed tokens"]
 
 
 def write_run(plan: Plan, overrides=()):

@@ -2,20 +2,30 @@
 this order (each step may read what the steps before it decided):
 
   0. method defaults      trainer.beta / loss_type null -> the method's (0.1 / sigmoid for the preference
-                          methods, 0 / dapo for grpo, trl's 0.05 for rloo, 1 = reverse KL for distill); online
-                          methods: data.max_completion_length null -> 256 generated tokens
-  1. precision            auto -> bf16 / fp16 on GPUs, fp32 on CPU; bf16 without support -> fp16
+                          methods, 0 / dapo for grpo, trl's 0.05 for rloo, 1 = reverse KL for distill);
+                          trainer.cpo_alpha null -> 1 for cpo, 0 for simpo; online methods:
+                          data.max_completion_length null -> 256 generated tokens
+  1. precision            auto -> bf16 / fp16 on GPUs, fp32 on CPU; bf16 without support -> fp16; the base
+                          weights' dtype auto -> bf16 for LoRA computing in bf16, else fp32
   2. attention            auto -> flash_attention_2 (GPU + flash-attn) or sdpa; an impossible choice -> sdpa
   3. gradient checkpointing  auto -> on with a GPU, off on CPU; Liger kernels auto -> on with a GPU and
                           liger-kernel installed; torch.compile as asked (each stated, with what a GPU would get)
   4. block size           -1 -> min(1024, model max length, the model's positions)
-  5. chat template        Alpaca rows under `none` -> alpaca (and how sft packs, now that the length is known)
+  5. chat template        Alpaca rows under `none` -> alpaca
+     packing              for the methods that pack (the method table's `packs`): data.chunk_size null -> block_size,
+                          the one length of a packed row, and how the rows are packed
   6. processes            num_processes null -> one per GPU (one without GPUs); on Slurm num_nodes = cluster.nodes
                           (from the allocation in a job's batch step), and cores and memory per node
-  7. backend              auto -> none / DDP / ZeRO-2 / ZeRO-3 / ZeRO-3 + offload, from the memory estimate
+  7. backend              auto -> none / DDP / ZeRO-2 / FSDP / ZeRO-3 / ZeRO-3 + offload / FSDP + offload, from
+                          the memory estimate (ZeRO first at equal communication when deepspeed is installed;
+                          FSDP where only it fits, or without deepspeed)
   8. accumulation         from training.global_batch_size and the world size, when given
-  9. online sampling      grpo/rloo/distill: the rounds of generation (whole groups per process), prompt +
+  9. schedule             logging.steps -1 -> about 25 logs over the planned optimizer steps (from the training
+                          rows, the batch, the accumulation and the world size)
+ 10. online sampling      grpo/rloo/distill: the rounds of generation (whole groups per process), prompt +
                           completion within the model's positions, the reference model, vLLM only on GPUs
+ 11. adapter              what the LoRA variants make of the adapter; target and saved module names checked
+                          against the model's skeleton
 
 Each decision is returned as a note that `plan` prints: nothing changes silently. Afterwards the configuration
 is the one source of truth: the launch, the workers and the report only read it.
@@ -23,6 +33,7 @@ is the one source of truth: the launch, the workers and the report only read it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,11 +62,13 @@ class Resolution:
     """The model's shape, counted from its config.json (None without one)."""
 
 
-def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None) -> Resolution:
-    """Fill in every `auto` of cfg in place, in the order of the module docstring."""
+def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None, train_rows: int | None = None) -> Resolution:
+    """Fill in every `auto` of cfg in place, in the order of the module docstring. `train_rows`: the training
+    rows the data check counted (the schedule's logging cadence is planned from them)."""
     out = Resolution()
     _method_defaults(cfg, out)
     _precision(cfg, hw, out)
+    _weights_dtype(cfg, out)
     _attention(cfg, hw, out)
     _checkpointing(cfg, hw, out)
     _kernels(cfg, hw, out)
@@ -65,6 +78,7 @@ def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None) -> Res
     _processes(cfg, hw, out)
     _backend(cfg, hw, out)
     _accumulation(cfg, out)
+    _schedule(cfg, train_rows, out)
     _online(cfg, hw, out)
     _adapter(cfg, hw, out)
     if cfg.training.deterministic:
@@ -86,6 +100,9 @@ def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None) -> Res
 # defaults for the online ones (GRPOConfig: beta 0, loss dapo; RLOOConfig: beta 0.05; DistillationConfig: beta 1).
 _BETA = {"dpo": 0.1, "orpo": 0.1, "cpo": 0.1, "simpo": 0.1, "kto": 0.1, "grpo": 0.0, "rloo": 0.05, "distill": 1.0}
 _LOSS = {"dpo": "sigmoid", "grpo": "dapo"}
+# null trainer.cpo_alpha: CPO's paper weighs its SFT term on the chosen answer 1.0; SimPO has none (a cpo_alpha
+# above 0 makes it CPO-SimPO).
+_CPO_ALPHA = {"cpo": 1.0, "simpo": 0.0}
 GENERATED_TOKENS = 256
 """An online method's completion length when data.max_completion_length is null."""
 
@@ -104,6 +121,11 @@ def _method_defaults(cfg: RunConfig, out: Resolution) -> None:
         if name == "grpo":
             out.notes.append("grpo: trainer.loss_type null -> dapo (token losses averaged over the global batch's "
                              "active tokens: no length bias)")
+    if t.cpo_alpha is None and name in _CPO_ALPHA:
+        t.cpo_alpha = _CPO_ALPHA[name]
+        out.notes.append(f"{name}: trainer.cpo_alpha null -> {t.cpo_alpha:g} (" + (
+            "the SFT loss on each chosen answer, weighted 1, beside the preference loss" if t.cpo_alpha else
+            "no SFT term; above 0 it adds the SFT loss on the chosen answers: CPO-SimPO") + ")")
     if METHODS[name].online and cfg.data.max_completion_length is None:
         cfg.data.max_completion_length = GENERATED_TOKENS
         out.notes.append(f"{name}: data.max_completion_length null -> {GENERATED_TOKENS} generated tokens at most")
@@ -123,6 +145,27 @@ def _precision(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
     elif mp == "bf16" and not hw.bf16:
         cfg.precision.mixed_precision = "fp16"
         out.notes.append(f"precision: bf16 is not supported by {hw.gpu_name}, so the run uses fp16")
+
+
+def automatic_weights_dtype(cfg: RunConfig) -> str:
+    """precision.weights_dtype auto: bf16 for a LoRA run computing in bf16, else fp32."""
+    return "bf16" if cfg.peft.enabled and cfg.precision.mixed_precision == "bf16" else "fp32"
+
+
+def _weights_dtype(cfg: RunConfig, out: Resolution) -> None:
+    p, lora = cfg.precision, cfg.peft.enabled
+    if p.weights_dtype == "auto":
+        p.weights_dtype = automatic_weights_dtype(cfg)
+        why = ("LoRA's frozen base in the compute dtype: half the memory" if p.weights_dtype == "bf16" else
+               "full fine-tune: fp32 master weights, the optimizer steps them" if not lora and
+               p.mixed_precision != "fp32" else "the compute dtype" if p.mixed_precision == "fp32" else
+               "an fp16 LoRA run keeps an fp32 base: fp16 weights overflow where bf16 ones do not")
+        out.notes.append(f"weights: precision.weights_dtype auto -> {p.weights_dtype} ({why})")
+    elif p.weights_dtype != "fp32" and not lora:
+        out.problems.append(Problem("precision.weights_dtype", (
+            f"{p.weights_dtype} weights are for LoRA's frozen base: a full fine-tune keeps fp32 master weights "
+            f"(precision.mixed_precision={p.mixed_precision} computes in half precision): set it to auto or fp32, "
+            "or peft.enabled=true")))
 
 
 def _attention(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
@@ -196,10 +239,17 @@ def _template(cfg: RunConfig, data_format: str | None, out: Resolution) -> None:
 
 
 def _packing(cfg: RunConfig, out: Resolution) -> None:
-    d = cfg.data
-    if not d.packing or cfg.trainer.name != "sft":
+    d, method = cfg.data, METHODS[cfg.trainer.name]
+    if not d.packing or not method.packs:
         return
-    length = d.chunk_size or d.block_size
+    if d.chunk_size is None:
+        d.chunk_size = d.block_size
+    length = d.chunk_size
+    if d.wrap_packed_sequences and method.pairs or d.wrap_packed_sequences and cfg.trainer.name == "kto":
+        out.problems.append(Problem("data.wrap_packed_sequences", (
+            f"{cfg.trainer.name} scores whole sequences (a log-probability or reward per answer), which wrapping "
+            "would cut across rows: leave it false (best-fit packing keeps each example whole)")))
+        return
     if d.wrap_packed_sequences:
         out.notes.append(f"data: packing (wrapped): all samples are concatenated and cut into blocks of {length} "
                          "tokens; every block is full, but samples are split across blocks and attend to their "
@@ -210,8 +260,11 @@ def _packing(cfg: RunConfig, out: Resolution) -> None:
                   "sdpa runs each sample on its own, split at the sample boundaries (launcher/attention.py), as "
                   "flash_attention_2's variable-length kernel does" if cfg.model.attn_implementation == "sdpa" else
                   f"{cfg.model.attn_implementation} gets a block-diagonal L x L mask built from them")
-        out.notes.append(f"data: packing: samples are packed best-fit into sequences of up to {length} tokens; "
-                         f"position ids restart at each sample, so no sample attends to another: {kernel}; "
+        what = ("the chosen and rejected sequences (prompt + answer each) of several pairs, each pair's two in one "
+                "row," if method.pairs else "the prompt + completion sequences of several examples (and their KL "
+                "sequences)" if cfg.trainer.name == "kto" else "samples")
+        out.notes.append(f"data: packing: {what} are packed best-fit into sequences of up to {length} tokens; "
+                         f"position ids restart at each sequence, so none attends to another: {kernel}; "
                          "padding-free, no pad tokens computed")
 
 
@@ -268,6 +321,32 @@ def _accumulation(cfg: RunConfig, out: Resolution) -> None:
     t.gradient_accumulation = t.global_batch_size // per_pass
     out.notes.append(f"batch: global {t.global_batch_size} = {t.batch_size} per device x {world} "
                      f"process(es) x {t.gradient_accumulation} accumulation steps")
+
+
+LOGS_PER_RUN = 25
+"""logging.steps -1 (AutoTrain's automatic): about this many logs over a run, every step for short runs."""
+
+
+def planned_steps(cfg: RunConfig, train_rows: int, world_size: int) -> int:
+    """Optimizer steps of the run: max_steps, or the epochs over `train_rows` at the global batch."""
+    t = cfg.training
+    if t.max_steps > 0:
+        return t.max_steps
+    per_step = t.batch_size * t.gradient_accumulation * world_size
+    return max(1, math.ceil(train_rows / per_step)) * t.epochs
+
+
+def _schedule(cfg: RunConfig, train_rows: int | None, out: Resolution) -> None:
+    """The logging cadence, from the planned optimizer steps (the workers read it, never decide it)."""
+    if cfg.logging.steps > 0:
+        return
+    if train_rows is None and cfg.training.max_steps <= 0:
+        out.notes.append("logging: steps -1 stays automatic: the data is not at hand here, so the workers count "
+                         f"its rows (about {LOGS_PER_RUN} logs over the run)")
+        return
+    steps = planned_steps(cfg, train_rows or 0, world_size(cfg))
+    cfg.logging.steps = max(1, steps // LOGS_PER_RUN)
+    out.notes.append(f"logging: steps -1 -> every {cfg.logging.steps} of about {steps} optimizer step(s)")
 
 
 def _online(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:

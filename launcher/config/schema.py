@@ -349,17 +349,27 @@ class QuantizationConfig:
 class PrecisionConfig:
     mixed_precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """Compute precision. auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU. [mixed_precision]"""
+    weights_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """The dtype the base weights are loaded in. auto: bf16 for a LoRA run computing in bf16 (its base is frozen,
+    so it sits in the compute dtype at half the memory), fp32 otherwise (a full fine-tune keeps fp32 master
+    weights and autocast computes in bf16/fp16). Half-precision weights are for LoRA's frozen base only."""
 
 
 @dataclass
 class DistributedConfig:
     backend: Literal["auto", "none", "ddp", "deepspeed", "fsdp"] = "auto"
     """How processes share the work. auto: none for one process; for several, DDP when the per-GPU memory
-    estimate fits, else DeepSpeed ZeRO-2, ZeRO-3, then ZeRO-3 with CPU offload (`plan` says why). [distributed_backend]"""
+    estimate fits, else DeepSpeed ZeRO-2, ZeRO-3, then ZeRO-3 with CPU offload, with FSDP where it fits and ZeRO at the
+    same cost does not (or in ZeRO's place without deepspeed); `plan` says why. [distributed_backend]"""
     zero_stage: Literal[1, 2, 3] = 2
     """DeepSpeed ZeRO stage when backend is deepspeed."""
     offload: Literal["none", "optimizer", "optimizer_and_params"] = "none"
-    """DeepSpeed CPU offload when backend is deepspeed."""
+    """CPU offload. deepspeed: the optimizer states (optimizer) or those and the parameters
+    (optimizer_and_params, ZeRO-3). fsdp: optimizer_and_params only (FSDP2's CPUOffloadPolicy keeps parameters,
+    gradients and optimizer states in CPU memory and steps the optimizer there)."""
+    reshard_after_forward: bool = True
+    """fsdp: free each layer's gathered parameters after its forward and gather them again for the backward
+    (ZeRO-3's memory); false keeps them gathered until the backward (ZeRO-2's memory, one all-gather fewer)."""
     num_processes: Optional[int] = None
     """Processes per node; null = one per visible GPU (one on a machine without GPUs)."""
     num_nodes: int = 1

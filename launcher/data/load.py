@@ -438,9 +438,8 @@ def _check_packing(cfg: RunConfig, out: DataCheck) -> None:
             out.problems.append(Problem("data.chunk_size / model.max_length", (
                 f"chunk_size {d.chunk_size} exceeds model max length {cfg.model.max_length}")))
             return
-    if cfg.trainer.name != "sft":
-        _note(out, f"data: packing applies to the sft trainer only; the {cfg.trainer.name} trainer ignores it")
-    # (how the sft trainer packs is stated by launcher.resolve, once the block size is concrete)
+    # (which trainers read the packing keys is the method table's: validate.unused_keys notes the others; how a
+    # trainer packs is stated by launcher.resolve, once the block size is concrete)
 
 
 def _check_labels(cfg: RunConfig, out: DataCheck) -> None:

@@ -136,8 +136,8 @@ def sample_limit(cfg: RunConfig) -> int:
     d = cfg.data
     if d.packing and d.wrap_packed_sequences:
         return 0
-    if d.packing and d.chunk_size:
-        return min(d.block_size, d.chunk_size)
+    if d.packing:
+        return min(d.block_size, d.chunk_size)  # chunk_size is resolved (launcher.resolve: null -> block_size)
     return d.block_size
 
 
@@ -205,7 +205,7 @@ def _build(cfg: RunConfig, tokenizer, data: DataCheck):
     encoder = SFTEncoder(tokenizer, data.format, effective_template(cfg, data.format), cfg.trainer.train_on,
                          cfg.data.add_eos_token)
     limit, strategy = sample_limit(cfg), packing_strategy(cfg)
-    seq_length = (cfg.data.chunk_size or cfg.data.block_size) if strategy != "none" else 0
+    seq_length = cfg.data.chunk_size if strategy != "none" else 0
     out, samples, stats = {}, {}, {}
     for name, split in _splits(data).items():
         st = SplitStats(rows=len(split.rows), limit=limit, packing=strategy, seq_length=seq_length)

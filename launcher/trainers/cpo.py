@@ -19,6 +19,7 @@ from launcher.config.schema import RunConfig
 from launcher.data.load import load_splits
 from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
+from launcher.trainers import packed_pairs
 from launcher.trainers.common import (
     limit_preference_lengths, preference_datasets, train_and_save, training_kwargs,
 )
@@ -26,9 +27,8 @@ from launcher.trainers.orpo import cut_lengths
 
 log = logging.getLogger(__name__)
 
-# Our method -> trl's CPOConfig.loss_type and the cpo_alpha used when trainer.cpo_alpha is null: CPO's paper
-# weighs its SFT term 1.0; SimPO has none (a cpo_alpha above 0 makes it CPO-SimPO).
-LOSSES = {"cpo": ("sigmoid", 1.0), "simpo": ("simpo", 0.0)}
+# Our method -> trl's CPOConfig.loss_type (trainer.cpo_alpha is resolved per method by launcher.resolve).
+LOSSES = {"cpo": "sigmoid", "simpo": "simpo"}
 
 
 def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
@@ -48,9 +48,9 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
     # behind the untruncated prompt; so it tokenises with no limit, the rows are cut to ours afterwards, and
     # max_length is set back to block_size (trl reads it again only to generate at evaluation).
     args = cpo_config(cfg, run_dir, len(train_set), eval_set is not None)
-    trainer = CPOTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                         processing_class=tokenizer, peft_config=models.lora_config(cfg),
-                         callbacks=run_callbacks(cfg, tokenizer))
+    trainer = packed_pairs.trainer_class(CPOTrainer, cfg)(  # with data.packing: padding-free (packed_pairs.py)
+        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
+        peft_config=models.lora_config(cfg), callbacks=run_callbacks(cfg, tokenizer))
     trainer.max_length = args.max_length = cfg.data.block_size
     cuts = limit_preference_lengths(trainer, cfg, tokenizer, cut_lengths, data.format)
 
@@ -64,13 +64,13 @@ def cpo_config(cfg: RunConfig, run_dir: Path, train_rows: int, has_eval: bool):
     from trl.experimental.cpo import CPOConfig
 
     t = cfg.trainer
-    loss_type, default_alpha = LOSSES[t.name]
+    loss_type = LOSSES[t.name]
     return CPOConfig(
         **training_kwargs(cfg, run_dir, train_rows, has_eval, runtime.world_size()),
         loss_type=loss_type,
         beta=t.beta,
         simpo_gamma=t.simpo_gamma,
-        cpo_alpha=default_alpha if t.cpo_alpha is None else t.cpo_alpha,
+        cpo_alpha=t.cpo_alpha,
         label_smoothing=t.label_smoothing,
         max_length=sys.maxsize,
         remove_unused_columns=False,  # CPO's collator reads its own columns; trl would switch it off and warn

@@ -43,7 +43,7 @@ def build(cfg: RunConfig, run_dir: Path):
     # carry the loss mask, so trl's own preparation is skipped (its collator still packs padding-free).
     args = SFTConfig(
         **training_kwargs(cfg, run_dir, len(data.train.rows), data.valid is not None, runtime.world_size()),
-        max_length=(cfg.data.chunk_size or cfg.data.block_size) if cfg.data.packing else cfg.data.block_size,
+        max_length=cfg.data.chunk_size if cfg.data.packing else cfg.data.block_size,  # chunk_size: resolved
         packing=cfg.data.packing,
         packing_strategy=packing_strategy(cfg) if cfg.data.packing else "bfd",
         assistant_only_loss=False,

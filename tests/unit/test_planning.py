@@ -127,3 +127,19 @@ def test_notes_come_in_stage_order(tmp_path):
     first = {stage: next(i for i, n in enumerate(p.notes) if n.startswith(prefix)) for stage, prefix in (
         ("unused", "trainer.model_ref:"), ("resolve", "precision:"), ("output", "output:"))}
     assert first["unused"] < first["resolve"] < first["output"]
+
+
+@pytest.mark.parametrize("recipe", ["sft/chat_tiny", "dpo/preference_tiny", "kto/unpaired_tiny", "reward/pairs_tiny"])
+def test_plan_states_what_packing_saves_on_the_data(recipe):
+    """Estimated from the rows' characters (plan tokenises nothing): padded computed tokens per real token, and
+    the ceiling packing gives; only with packing on, for the methods that pack."""
+    import re
+
+    from launcher.planning import make_plan
+
+    plan = make_plan(None, [f"recipe={recipe}", "data.packing=true", "project_name=/nonexistent/run"])
+    [note] = [n for n in plan.notes if n.startswith("data: packing efficiency")]
+    padded, ceiling = map(float, re.search(r"compute ([\d.]+) tokens per real token.*up to ([\d.]+)x", note).groups())
+    assert padded == ceiling and padded >= 1.0
+    plan = make_plan(None, [f"recipe={recipe}", "project_name=/nonexistent/run"])
+    assert not [n for n in plan.notes if n.startswith("data: packing efficiency")]

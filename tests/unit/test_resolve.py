@@ -142,8 +142,22 @@ def test_packing_is_not_described_without_packing_or_for_another_trainer():
     cfg = valid_cfg()
     assert not any(n.startswith("data: packing") for n in resolve(cfg, CPU).notes)
     cfg = valid_cfg()
-    cfg.data.packing, cfg.trainer.name = True, "dpo"
+    cfg.data.packing, cfg.trainer.name = True, "grpo"
     assert not any(n.startswith("data: packing") for n in resolve(cfg, CPU).notes)
+    assert cfg.data.chunk_size is None
+
+
+@pytest.mark.parametrize("trainer", ["dpo", "orpo", "cpo", "simpo", "reward", "kto"])
+def test_the_pairwise_trainers_pack_whole_examples_at_the_resolved_length(trainer):
+    cfg = valid_cfg()
+    cfg.data.packing, cfg.trainer.name = True, trainer
+    notes = [n for n in resolve(cfg, CPU).notes if n.startswith("data: packing")]
+    assert cfg.data.chunk_size == cfg.data.block_size == 1024  # the one packed length, resolved
+    assert len(notes) == 1 and "up to 1024 tokens" in notes[0]
+    assert ("chosen and rejected" in notes[0]) == (trainer != "kto")
+    cfg = valid_cfg()
+    cfg.data.packing, cfg.data.wrap_packed_sequences, cfg.trainer.name = True, True, trainer
+    assert [p.key for p in resolve(cfg, CPU).problems] == ["data.wrap_packed_sequences"]
 
 
 # ---- processes
@@ -267,3 +281,55 @@ def test_packing_note_names_the_attention_path(hw, kernel):
     cfg.data.packing = True
     notes = resolve(cfg, hw).notes
     assert any(n.startswith("data: packing:") and kernel in n for n in notes), notes
+
+
+# ---- what the workers used to decide, resolved once
+
+@pytest.mark.parametrize("trainer,alpha", [("cpo", 1.0), ("simpo", 0.0)])
+def test_cpo_alpha_null_becomes_the_methods_weight_and_is_stated(trainer, alpha):
+    cfg = valid_cfg()
+    cfg.trainer.name = trainer
+    notes = resolve(cfg, CPU).notes
+    assert cfg.trainer.cpo_alpha == alpha
+    assert any(n.startswith(f"{trainer}: trainer.cpo_alpha null -> {alpha:g}") for n in notes)
+    cfg = valid_cfg()
+    cfg.trainer.name, cfg.trainer.cpo_alpha = trainer, 0.5
+    resolve(cfg, CPU)
+    assert cfg.trainer.cpo_alpha == 0.5
+
+
+@pytest.mark.parametrize("lora,precision,expected", [
+    (True, "bf16", "bf16"), (True, "fp16", "fp32"), (False, "bf16", "fp32"), (True, "fp32", "fp32"),
+])
+def test_the_base_weights_dtype_is_resolved_and_stated(lora, precision, expected):
+    cfg = valid_cfg()
+    cfg.peft.enabled, cfg.precision.mixed_precision = lora, precision
+    notes = resolve(cfg, H100x8).notes
+    assert cfg.precision.weights_dtype == expected
+    assert any(n.startswith(f"weights: precision.weights_dtype auto -> {expected}") for n in notes)
+
+
+def test_half_precision_weights_for_a_full_fine_tune_are_refused_with_the_fix():
+    cfg = valid_cfg()
+    cfg.peft.enabled, cfg.precision.weights_dtype = False, "bf16"
+    problems = resolve(cfg, H100x8).problems
+    assert [p.key for p in problems] == ["precision.weights_dtype"] and "fp32 master weights" in problems[0].message
+
+
+def test_automatic_logging_is_planned_from_the_rows_and_stated():
+    cfg = valid_cfg()
+    cfg.training.batch_size, cfg.training.gradient_accumulation, cfg.training.epochs = 2, 1, 3
+    notes = resolve(cfg, CPU, train_rows=400).notes
+    assert cfg.logging.steps == 600 // 25  # 200 steps an epoch, 3 epochs
+    assert "logging: steps -1 -> every 24 of about 600 optimizer step(s)" in notes
+    cfg = valid_cfg()
+    cfg.training.max_steps = 10
+    resolve(cfg, CPU)
+    assert cfg.logging.steps == 1
+    cfg = valid_cfg()  # the data is not at hand (a hub dataset from a login node): the workers count it
+    notes = resolve(cfg, CPU).notes
+    assert cfg.logging.steps == -1 and any(n.startswith("logging: steps -1 stays automatic") for n in notes)
+    cfg = valid_cfg()
+    cfg.logging.steps = 7
+    resolve(cfg, CPU, train_rows=400)
+    assert cfg.logging.steps == 7

@@ -108,7 +108,9 @@ UNREAD_VALUES = {"data.max_prompt_length": 100_000, "data.max_completion_length"
                  "trainer.length_tolerance": -1, "trainer.answer_column": "", "trainer.answer_pattern": "(",
                  "trainer.json_schema": "/nonexistent.json", "trainer.tools": ["x:y"], "trainer.max_tool_calls": 0,
                  "trainer.teacher": "org/teacher", "trainer.generation": "vllm", "trainer.vllm_mode": "server",
-                 "trainer.vllm_gpu_memory_utilization": 2.0, "logging.samples_steps": -1}
+                 "trainer.vllm_gpu_memory_utilization": 2.0, "logging.samples_steps": -1,
+                 # packing: the method table's `packs` rows read it (and sft alone wraps)
+                 "data.packing": True, "data.chunk_size": 64, "data.wrap_packed_sequences": True}
 UNREAD_CASES = [(key, m) for key in sorted({k for row in methods.METHODS.values() for k in row.reads})
                 for m in methods.NAMES if not methods.reads(m, key)]
 

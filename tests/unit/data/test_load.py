@@ -206,10 +206,17 @@ def test_packing_keys_without_packing_are_noted_not_checked():
         assert [p.key for p in packed.problems] == [key]
 
 
-def test_packing_for_a_trainer_that_does_not_pack_is_a_note():
-    data = check_data(config(SAMPLES / "preference", trainer="dpo", template="none", packing=True))
-    assert not data.problems
-    assert "data: packing applies to the sft trainer only; the dpo trainer ignores it" in data.notes
+def test_packing_for_a_trainer_that_does_not_pack_is_a_note_from_the_method_table():
+    """Which trainers pack is the method table's (Method.packs): the others get validate.unused_keys' note."""
+    from launcher.config.validate import unused_keys
+    from launcher.methods import METHODS
+
+    assert {m.name for m in METHODS.values() if m.packs} == {"sft", "dpo", "orpo", "cpo", "simpo", "kto", "reward"}
+    cfg = config(SAMPLES / "preference", trainer="grpo", template="none", packing=True)
+    assert "data.packing: True is not used by the grpo trainer (read by sft, reward, dpo, orpo, cpo, simpo, kto)" \
+        in unused_keys(cfg)
+    cfg = config(SAMPLES / "preference", trainer="dpo", template="none", packing=True)
+    assert not [n for n in unused_keys(cfg) if n.startswith("data.packing")]
 
 
 def test_the_data_notes_leave_packing_and_the_alpaca_template_to_resolve():

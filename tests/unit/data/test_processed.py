@@ -27,6 +27,8 @@ def config(tiny, tmp_path, sample="chat", template="chatml", **data) -> RunConfi
     cfg.data.cache_dir = str(tmp_path / "cache")
     for key, value in data.items():
         setattr(cfg.data, key, value)
+    if cfg.data.packing and cfg.data.chunk_size is None:
+        cfg.data.chunk_size = cfg.data.block_size  # as the plan resolves it (test_chunk_size_defaults_to_block_size)
     return cfg
 
 
@@ -132,7 +134,14 @@ def test_packing_wrapped_cuts_the_concatenation_into_full_blocks(tiny, tmp_path)
 
 
 def test_chunk_size_defaults_to_block_size(tiny, tmp_path):
-    out = prepare(config(tiny, tmp_path, packing=True, block_size=128), use_cache=False)
+    from launcher.hardware import Hardware
+    from launcher.resolve import resolve
+
+    cfg = config(tiny, tmp_path, block_size=128)
+    cfg.data.packing = True
+    resolve(cfg, Hardware())  # a machine without GPUs
+    assert cfg.data.chunk_size == 128
+    out = prepare(cfg, use_cache=False)
     assert out.stats["train"].seq_length == 128
 
 
