@@ -15,6 +15,13 @@
    compared over matching token counts (quarters of the epoch's tokens). Full mode: SmolLM2-135M-Instruct, 64 rows
    (~6 min on 2 cores); --quick: the tiny random Llama, 16 rows, block 256.
 
+3. The same for LoRA DPO (`data.packing=true` on a pairwise trainer: launcher/trainers/packed_pairs.py): one epoch
+   of generated preference pairs (the chat generator's prompts, two of its long-tailed replies as chosen and
+   rejected: 3..1,500 words), padded vs packed, same batches of 2 pairs. Beside the measured speed-up, its ceiling:
+   the computed tokens of the padded batches over the packed ones (the packed run logs both). The per-step losses
+   of the two runs are compared too (same batches: they must agree). Full: SmolLM2-135M-Instruct, 24 pairs, block
+   512 (~4 min); --quick: the tiny model, 8 pairs, block 256.
+
     python benchmarks/packing.py            # full: writes sections of benchmarks/RESULTS.md
     python benchmarks/packing.py --quick    # < 2 min; prints only
 """
@@ -59,6 +66,7 @@ def config(rows_file: Path, model: Path, length: int, strategy: str, batch: int,
     d = cfg.data
     d.path, d.chat_template, d.valid_split = str(rows_file), "chatml", None
     d.block_size, d.cache_dir = length, cache_dir
+    d.chunk_size = length  # as the plan resolves it (null -> block_size); this config skips the plan
     d.packing, d.wrap_packed_sequences = strategy != "none", strategy == "wrapped"
     cfg.training.batch_size = batch
     return cfg
@@ -192,12 +200,83 @@ def epoch_table(rows_file: Path, model: Path, block: int, workdir: Path) -> tupl
     return body, figures
 
 
+# ---- one epoch of LoRA DPO, padded vs packed
+
+def preference_pairs(n: int, out: Path, seed: int = 0) -> Path:
+    """n prompt/chosen/rejected rows from the chat generator: row 2i's question, its reply as chosen and row
+    2i+1's reply as rejected (both long-tailed), as strings the chat template renders."""
+    import json
+
+    chat = dataset.rows(2 * n, seed)
+    pairs = [{"prompt": a["messages"][-2]["content"], "chosen": a["messages"][-1]["content"],
+              "rejected": b["messages"][-1]["content"]} for a, b in zip(chat[::2], chat[1::2])]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
+    return out
+
+
+def dpo_command(pairs_file: Path, model: Path, out: Path, packed: bool, block: int) -> list[str]:
+    return [probed.tool("tunelaunch"), "train", "trainer=dpo", f"project_name={out}", "overwrite=true",
+            f"model.name_or_path={model}", f"data.path={pairs_file}", "data.chat_template=chatml",
+            "data.valid_split=null", f"data.block_size={block}", f"data.packing={str(packed).lower()}",
+            "peft=lora", "peft.dropout=0", "training.epochs=1", "training.batch_size=2",
+            "training.gradient_accumulation=1", "training.lr=2e-4", "training.scheduler=constant",
+            "training.warmup_ratio=0", "training.eval_strategy=no", "training.save_strategy=no",
+            "logging.steps=1", "distributed.num_processes=1"]
+
+
+def last_log(run, key: str) -> float:
+    values = [float(e["logs"][key]) for e in run.events if e["event"] == "log" and key in (e.get("logs") or {})]
+    return values[-1] if values else float("nan")
+
+
+def preference_table(pairs_file: Path, model: Path, block: int, workdir: Path) -> tuple[list[str], dict]:
+    runs = {}
+    for name, packed in (("padded", False), ("packed", True)):
+        run = probed.run(f"dpo epoch {name}", dpo_command(pairs_file, model, workdir / f"dpo-{name}", packed, block),
+                         workdir)
+        if not run.ok:
+            sys.exit(run.failure())
+        runs[name] = run
+    # The packed run counts both: its computed tokens and what its batches (the padded run's: same sampler, same
+    # seed) computed padded. trl's num_tokens (real tokens) must agree between the runs for that to hold.
+    packed_run = runs["packed"]
+    computed = {"padded": last_log(packed_run, "packing/padded_tokens"),
+                "packed": last_log(packed_run, "packing/computed_tokens")}
+    real = {name: run.losses()[-1][1] for name, run in runs.items()}
+    losses = {name: [l for _, _, l in run.losses()] for name, run in runs.items()}
+    ceiling = computed["padded"] / computed["packed"]
+    speedup = runs["padded"].train_s / runs["packed"].train_s
+    loss_gap = max(abs(a - b) for a, b in zip(losses["padded"], losses["packed"]))
+    rows = [[name, len(runs[name].steps), int(real[name]), int(computed[name]), f"{runs[name].train_s:.1f}",
+             f"{runs[name].wall_s:.1f}", f"{losses[name][0]:.4f}", f"{losses[name][-1]:.4f}"] for name in runs]
+    columns = ["batches", "optimizer steps", "real tokens (trl's num_tokens)", "computed tokens",
+               "epoch s (train loop)", "command s", "first loss", "last loss"]
+    share = speedup / ceiling
+    allows = 0.95 * ceiling >= TARGET_SPEEDUP
+    body = results.table(columns, rows) + [
+        "",
+        f"Packed DPO epoch {speedup:.2f}× faster than padded (train loop); ceiling (padded / packed computed tokens) "
+        f"{ceiling:.2f}×: {share:.0%} of it — target ≥ 95% of the ceiling — {results.verdict(share >= 0.95)}; "
+        f"target ≥ {TARGET_SPEEDUP}× " + (f"— {results.verdict(speedup >= TARGET_SPEEDUP)}" if allows else
+                                          f"— not applicable (95% of this ceiling is below {TARGET_SPEEDUP}×)") + ".",
+        f"Same batches, same steps: the largest per-step loss difference between the two runs is {loss_gap:.1e} "
+        "(packing changes what is computed, not the loss).",
+    ]
+    figures = {"dpo_speedup": speedup, "dpo_ceiling": ceiling, "dpo_share_of_ceiling": share,
+               "dpo_computed_tokens": computed, "dpo_real_tokens": real, "dpo_losses": losses,
+               "dpo_loss_gap": loss_gap}
+    return body, figures
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     results.add_arguments(parser)
     parser.add_argument("--rows", type=int, help="rows for the token ratios (default 2000; --quick 300)")
     parser.add_argument("--train-rows", type=int, help="rows for the epochs (default 64; --quick 16)")
-    parser.add_argument("--skip-epochs", action="store_true", help="token ratios only (seconds)")
+    parser.add_argument("--skip-epochs", action="store_true", help="no SFT epochs (the token ratios are seconds)")
+    parser.add_argument("--skip-preference", action="store_true", help="no DPO epochs")
+    parser.add_argument("--pairs", type=int, help="preference pairs for the DPO epochs (default 24; --quick 8)")
     args = parser.parse_args(argv)
     quick = args.quick
     model = model_folder(quick)
@@ -219,7 +298,15 @@ def main(argv: list[str] | None = None) -> dict:
             title = (f"Packing: one epoch of LoRA SFT, padded vs packed ({model.name}, {n_train} generated rows, "
                      f"batch 2, block {block}, {probed.THREADS} threads) — benchmarks/packing.py")
             results.publish(args, "packing-epoch", title, body)
-    figures["finite"] = all(math.isfinite(x) for v in figures.get("losses", {}).values() for x in v)
+        if not args.skip_preference:
+            n_pairs = args.pairs or (8 if quick else 24)
+            body, dpo = preference_table(preference_pairs(n_pairs, tmp / "pairs.jsonl"), model, block, tmp)
+            figures.update(dpo)
+            title = (f"Packing: one epoch of LoRA DPO, padded vs packed ({model.name}, {n_pairs} generated pairs, "
+                     f"batch 2, block {block}, {probed.THREADS} threads) — benchmarks/packing.py")
+            results.publish(args, "packing-dpo-epoch", title, body)
+    figures["finite"] = all(math.isfinite(x) for key in ("losses", "dpo_losses")
+                            for v in figures.get(key, {}).values() for x in v)
     print(f"\n({time.time() - start:.0f} s)")
     results.dump(args, figures)
     return figures

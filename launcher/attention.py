@@ -3,7 +3,8 @@
 A packed, padding-free batch is one row of several samples whose position ids restart at each. transformers gives
 sdpa a block-diagonal (L x L) mask for it, and sdpa still computes every block of the row: on CPU that made a
 packed token cost 28% more than a padded one (benchmarks/packing.py), eating most of what packing saves. With the
-sample boundaries trl's collator passes (`cu_seq_lens_q`), each sample runs through sdpa on its own with a causal
+sample boundaries trl's collator passes (`cu_seq_lens_q`; launcher/trainers/packed_pairs.py passes the same for the
+pairwise trainers), each sample runs through sdpa on its own with a causal
 mask, as flash-attention's variable-length kernel does on GPUs: the same outputs, sum(len_i^2) work instead of L^2.
 Anything else (unpacked batches, generation) goes to transformers' sdpa unchanged.
 """

@@ -172,6 +172,8 @@ class PreferenceStats:
     rejected_truncated: int = 0
     prompt_lengths: list = field(default_factory=list)
     answer_lengths: list = field(default_factory=list)
+    sequence_lengths: list = field(default_factory=list)
+    """Per row, the token lengths of the sequences the trainer runs (prompt + answer each, as cut)."""
 
 
 def preference_stats(cfg: RunConfig, tokenizer, rows: list, fmt: str) -> PreferenceStats:
@@ -187,13 +189,21 @@ def preference_stats(cfg: RunConfig, tokenizer, rows: list, fmt: str) -> Prefere
         n = preference_lengths(row, tokenizer, chat)
         st.prompt_lengths.append(n.prompt)
         st.answer_lengths += [n.chosen, n.rejected]
+        if cfg.trainer.name == "reward":  # each text whole (prompt + answer); trl drops the pairs over block_size
+            pair = (n.prompt + n.chosen, n.prompt + n.rejected)
+            if max(pair) <= cfg.data.block_size:
+                st.sequence_lengths.append(pair)
         if fmt != "preference":  # reward pairs: each text whole, up to block_size
             st.chosen_truncated += n.chosen > cfg.data.block_size
             st.rejected_truncated += n.rejected > cfg.data.block_size
             continue
+        kept = []
         for answer, attr in ((n.chosen, "chosen_truncated"), (n.rejected, "rejected_truncated")):
             prompt_kept, answer_kept = cut_preference_pair(list(range(n.prompt)), list(range(answer)), cfg, None)
             setattr(st, attr, getattr(st, attr) + (len(answer_kept) < answer))
+            kept.append(len(prompt_kept) + len(answer_kept))
+        if cfg.trainer.name != "reward":
+            st.sequence_lengths.append(tuple(kept))
         st.prompt_truncated += len(cut_preference_pair(list(range(n.prompt)), [], cfg, None)[0]) < n.prompt
     return st
 
@@ -239,7 +249,38 @@ def preference_report(cfg: RunConfig, tokenizer, data, show: int) -> str:
             out.append(f"  texts cut to block_size {d.block_size}: chosen {st.chosen_truncated}, rejected "
                        f"{st.rejected_truncated}")
             out += histogram(st.answer_lengths, d.block_size)
+        if split_name == "train":
+            out += packed_rows_report(cfg, st.sequence_lengths, ("chosen", "rejected"), show)
     return "\n".join(out)
+
+
+def packed_rows_report(cfg: RunConfig, lengths: list, names: tuple[str, ...], show: int) -> list[str]:
+    """The padded and packed layouts of the pairwise trainers' batches (launcher/trainers/packed_pairs.py): with
+    data.packing the first `show` batches' best-fit rows, each sequence with its boundaries in the batch's one
+    padding-free row, and the computed tokens padded vs packed over the epoch; without, what packing would save.
+    Batches are counted in file order (training shuffles them: an estimate of the same size)."""
+    from launcher.trainers import packed_pairs
+
+    batch = cfg.training.batch_size
+    capacity = packed_pairs.capacity(cfg)
+    eff = packed_pairs.packing_efficiency(lengths, batch, capacity)
+    if not cfg.data.packing:
+        return [f"\n== packing: off; data.packing=true would compute {eff.packed_tokens} tokens per epoch instead "
+                f"of {eff.padded_tokens} (padded batches of {batch}: real/computed {eff.padded_efficiency:.3f})"]
+    out = [f"\n== packing (data.packing=true): batches of {batch} examples, their sequences best-fit into rows of "
+           f"{capacity} tokens (an example's sequences in one row), position ids restarting at each sequence, "
+           "no padding"]
+    for b, start in enumerate(range(0, min(show * batch, len(lengths)), batch)):
+        rows = packed_pairs.layout(lengths[start:start + batch], capacity)
+        out.append(f"-- batch {b + 1}: {sum(len(r) for r in rows)} sequences in {len(rows)} row(s), "
+                   f"boundaries (cu_seq_lens) {[0] + [seg[3] for r in rows for seg in r]}")
+        for i, row in enumerate(rows):
+            segments = ", ".join(f"[{a}, {e}) example {start + ex + 1} {names[seq]}" for ex, seq, a, e in row)
+            out.append(f"   row {i + 1}: {row[-1][3] - row[0][2]} of {capacity} tokens: {segments}")
+    out.append(f"  computed tokens per epoch: padded {eff.padded_tokens} (real/computed "
+               f"{eff.padded_efficiency:.3f}), packed {eff.packed_tokens} (real/computed "
+               f"{eff.packed_efficiency:.3f}): {eff.ceiling:.2f}x fewer, in {eff.rows} best-fit rows")
+    return out
 
 
 # ---- unpaired rows (kto): the label and the trained completion of each, tokenised as trl does, then cut
@@ -317,6 +358,9 @@ def unpaired_report(cfg: RunConfig, tokenizer, data, show: int) -> str:
         cut = sum(len(s.completion_ids) < s.completion_length for s in samples)
         out.append(f"  completions cut to {limit}: {cut}")
         out += histogram([s.completion_length for s in samples])
+        if split_name == "train":  # the KL sequences (other rows' completions) get a padding-free row of their own
+            lengths = [(len(s.prompt_ids) + len(s.completion_ids),) for s in samples]
+            out += packed_rows_report(cfg, lengths, ("prompt+completion",), show)
     return "\n".join(out)
 
 

@@ -21,6 +21,7 @@ from launcher.data.encode import cut_preference_pair
 from launcher.data.load import load_splits
 from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
+from launcher.trainers import packed_pairs
 from launcher.trainers.common import (
     limit_preference_lengths, preference_datasets, train_and_save, training_kwargs,
 )
@@ -45,9 +46,10 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
 
     # ---- trainer
     args = dpo_config(cfg, run_dir, len(train_set), eval_set is not None)
-    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train_set,
-                         eval_dataset=eval_set, processing_class=tokenizer, peft_config=peft_config,
-                         callbacks=run_callbacks(cfg, tokenizer))
+    # with data.packing, a subclass that runs each batch padding-free (launcher/trainers/packed_pairs.py)
+    trainer = packed_pairs.trainer_class(DPOTrainer, cfg)(
+        model=model, ref_model=ref_model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+        processing_class=tokenizer, peft_config=peft_config, callbacks=run_callbacks(cfg, tokenizer))
     cuts = limit_preference_lengths(trainer, cfg, tokenizer, cut_lengths, data.format)
 
     # ---- train and save

@@ -22,6 +22,7 @@ from launcher.data.encode import cut_preference_pair
 from launcher.data.load import is_conversational, load_splits, unpaired_row
 from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
+from launcher.trainers import packed_pairs
 from launcher.trainers.common import train_and_save, training_kwargs
 from launcher.trainers.dpo import reference_model
 
@@ -44,9 +45,10 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
 
     # ---- trainer, then the rows trl tokenised cut to our limits
     args = kto_config(cfg, run_dir, len(train_set), eval_set is not None)
-    trainer = KTOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train_set,
-                         eval_dataset=eval_set, processing_class=tokenizer, peft_config=peft_config,
-                         callbacks=run_callbacks(cfg, tokenizer))
+    # with data.packing, a subclass that runs each batch padding-free (launcher/trainers/packed_pairs.py)
+    trainer = packed_pairs.trainer_class(KTOTrainer, cfg)(
+        model=model, ref_model=ref_model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+        processing_class=tokenizer, peft_config=peft_config, callbacks=run_callbacks(cfg, tokenizer))
     trainer.train_dataset, cut = cut_lengths(trainer.train_dataset, cfg, tokenizer.bos_token_id)
     if trainer.eval_dataset is not None:
         trainer.eval_dataset, _ = cut_lengths(trainer.eval_dataset, cfg, tokenizer.bos_token_id)

@@ -19,6 +19,7 @@ from launcher.data.encode import IGNORE, cut_preference_pair
 from launcher.data.load import load_splits
 from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
+from launcher.trainers import packed_pairs
 from launcher.trainers.common import (
     limit_preference_lengths, preference_datasets, train_and_save, training_kwargs,
 )
@@ -49,9 +50,9 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
         remove_unused_columns=False,  # ORPO's collator reads its own columns; trl would switch it off and warn
         dataset_num_proc=None,
     )
-    trainer = ORPOTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                          processing_class=tokenizer, peft_config=models.lora_config(cfg),
-                          callbacks=run_callbacks(cfg, tokenizer))
+    trainer = packed_pairs.trainer_class(ORPOTrainer, cfg)(  # with data.packing: padding-free (packed_pairs.py)
+        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
+        peft_config=models.lora_config(cfg), callbacks=run_callbacks(cfg, tokenizer))
     trainer.max_length = args.max_length = cfg.data.block_size
     cuts = limit_preference_lengths(trainer, cfg, tokenizer, cut_lengths, data.format)
 

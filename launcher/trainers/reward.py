@@ -14,6 +14,7 @@ from launcher import models
 from launcher.config.schema import RunConfig
 from launcher.data.load import load_splits
 from launcher.distributed import runtime
+from launcher.trainers import packed_pairs
 from launcher.trainers.common import preference_datasets, train_and_save, training_kwargs
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
         max_length=cfg.data.block_size,
         dataset_num_proc=None,
     )
-    trainer = RewardTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                            processing_class=tokenizer, peft_config=models.lora_config(cfg, task_type="SEQ_CLS"))
+    trainer = packed_pairs.trainer_class(RewardTrainer, cfg)(  # with data.packing: padding-free (packed_pairs.py)
+        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
+        peft_config=models.lora_config(cfg, task_type="SEQ_CLS"))
     pairs = len(trainer.train_dataset)
     if pairs < len(train_set):
         log.warning("%d of %d training pairs are longer than block_size %d tokens and are left out",

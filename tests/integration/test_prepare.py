@@ -107,3 +107,21 @@ def test_prepare_counts_what_the_preference_trainers_cut(tmp_path, capsys):
     assert 0 < longer < len(prompts)
     assert f"prompts cut to their last 12 tokens (max_prompt_length): {longer}" in out
     assert "[chosen] What is the capital of Norway?[[The capital of Norway is Oslo.]]" in out
+
+
+def test_prepare_shows_the_packed_preference_rows(tmp_path):
+    """The README's `prepare --show N` for a pairwise trainer with data.packing=true: each batch's best-fit row with
+    its boundaries (a pair's two sequences side by side), and what packing saves in computed tokens."""
+    result = run_cli("prepare", "--show", "1", "recipe=dpo/preference_tiny", "data.packing=true",
+                     f"project_name={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "== packing (data.packing=true): batches of 2 examples" in out
+    bounds = re.search(r"-- batch 1: 4 sequences in 1 row\(s\), boundaries \(cu_seq_lens\) \[([\d, ]+)\]", out)
+    assert bounds, out[-2000:]
+    cuts = [int(c) for c in bounds.group(1).split(", ")]
+    assert cuts[0] == 0 and cuts == sorted(cuts) and len(cuts) == 5
+    assert (f"[0, {cuts[1]}) example 1 chosen, [{cuts[1]}, {cuts[2]}) example 1 rejected, "
+            f"[{cuts[2]}, {cuts[3]}) example 2 chosen") in out
+    padded, packed = map(int, re.search(r"padded (\d+) .*packed (\d+) \(real/computed 1\.000\)", out).groups())
+    assert packed < padded
