@@ -106,3 +106,42 @@ def train_recipe(base: Path, name: str, recipe: str, *overrides: str, env: dict 
                          capture_output=True, text=True, timeout=TIMEOUT)
     seconds = time.monotonic() - start
     return Run(run_dir, probe_dir, out.returncode, out.stdout + out.stderr, seconds, read_probes(probe_dir))
+
+
+def hashes(probe: dict, start: int = 0, stop: int | None = None) -> list[str]:
+    """The probe's hashes of the batches a rank trained on, from `start` to `stop`."""
+    return [b["sha256"] for b in probe["batches"][start:stop]]
+
+
+def check_same_as_one_process(one: Run, two: Run, steps: int, learned: float) -> None:
+    """Two ranks against one process with the same global batch: each optimizer step holds the same samples (one
+    process takes micro-batches 4s..4s+3, the two ranks 2s, 2s+1 each: the sampler deals micro-batch i to rank
+    i % 2), and the losses are equal within 1e-4 relative, after a run that lowers the loss by `learned` (equal
+    losses then mean equal training)."""
+    from collections import Counter
+
+    alone, r0, r1 = one.probe(0), two.probe(0), two.probe(1)
+    for step in range(steps):
+        a = Counter(hashes(alone, 4 * step, 4 * step + 4))
+        b = Counter(hashes(r0, 2 * step, 2 * step + 2) + hashes(r1, 2 * step, 2 * step + 2))
+        assert a == b, f"step {step + 1}: the global batch differs between 1 and 2 ranks"
+    x, y = one.losses(), two.losses()
+    assert len(x) == len(y) == steps
+    assert x[0] - x[-1] > learned
+    worst = max(abs(u - v) / abs(u) for u, v in zip(x, y))
+    assert worst < 1e-4, f"1 process {x}\n2 ranks {y}\nworst relative difference {worst:.2e}"
+
+
+def kill_everything(proc: subprocess.Popen) -> None:
+    """kill -9 the CLI, its launcher and every worker at once: a crash, not a stop."""
+    import signal
+
+    import psutil
+
+    family = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    for pid in family:
+        try:
+            psutil.Process(pid).send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=60)

@@ -11,11 +11,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
-from tests.distributed.conftest import TIMEOUT, cli_env, max_weight_diff, train, train_command
+from tests.distributed.conftest import TIMEOUT, cli_env, kill_everything, max_weight_diff, train, train_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 STEPS = 12
@@ -57,17 +56,6 @@ def wait_until(proc: subprocess.Popen, ready, what: str, timeout: float = 300) -
         assert proc.poll() is None, f"the run ended before {what}:\n{proc.stdout.read()[-4000:]}"
         assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s"
         time.sleep(0.2)
-
-
-def kill_everything(proc: subprocess.Popen) -> None:
-    """kill -9 the CLI, its launcher and every worker at once: a crash, not a stop."""
-    family = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
-    for pid in family:
-        try:
-            psutil.Process(pid).send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait(timeout=60)
 
 
 def resume(base: Path, name: str, *overrides: str):

@@ -14,16 +14,15 @@ Every run is the ~1M-parameter tiny Llama for a few steps, shared through module
 """
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
-from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.distributed.conftest import cli_env, max_weight_diff, train, train_command, train_recipe
+from tests.distributed.conftest import (
+    check_same_as_one_process, cli_env, hashes, kill_everything, max_weight_diff, train, train_command, train_recipe,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -63,10 +62,6 @@ def uninterrupted(base, runs) -> dict:
             "lora": train(base, "whole-lora", *COMMON, *FSDP, *RESUMED["lora"], probe=False).ok().run_dir}
 
 
-def hashes(probe: dict, start: int = 0, stop: int | None = None) -> list[str]:
-    return [b["sha256"] for b in probe["batches"][start:stop]]
-
-
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_two_ranks_train_one_sharded_model(runs, layout):
     run = runs[layout]
@@ -100,17 +95,9 @@ def test_two_ranks_train_one_sharded_model(runs, layout):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_two_fsdp_ranks_match_one_process_with_the_same_global_batch(runs, layout):
     one, two = runs[f"one-{layout}"], runs[layout]
-    alone, r0, r1 = one.probe(0), two.probe(0), two.probe(1)
+    alone = one.probe(0)
     assert (alone["world_size"], alone["trainer_world_size"]) == (1, 1)
-    for step in range(STEPS):  # the same samples make up each step (see test_two_processes for why)
-        a = Counter(hashes(alone, 4 * step, 4 * step + 4))
-        b = Counter(hashes(r0, 2 * step, 2 * step + 2) + hashes(r1, 2 * step, 2 * step + 2))
-        assert a == b, f"step {step + 1}: the global batch differs between 1 and 2 ranks"
-    x, y = one.losses(), two.losses()
-    assert len(x) == len(y) == STEPS
-    assert x[0] - x[-1] > 0.1  # it learns, so equal losses mean equal training
-    worst = max(abs(u - v) / abs(u) for u, v in zip(x, y))
-    assert worst < 1e-4, f"1 process {x}\n2 FSDP ranks {y}\nworst relative difference {worst:.2e}"
+    check_same_as_one_process(one, two, STEPS, learned=0.1)
     # and the same model at the end (gathered by the final save from the two ranks' shards)
     assert max_weight_diff(one.run_dir, two.run_dir, FINAL_FILE[layout]) <= 1e-5
 
@@ -176,17 +163,6 @@ def _prod(shape) -> int:
     for d in shape:
         n *= d
     return n
-
-
-def kill_everything(proc: subprocess.Popen) -> None:
-    """kill -9 the CLI, its launcher and every worker at once: a crash, not a stop."""
-    family = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
-    for pid in family:
-        try:
-            psutil.Process(pid).send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait(timeout=60)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

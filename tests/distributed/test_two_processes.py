@@ -16,11 +16,12 @@ import shlex
 import socket
 import subprocess
 import time
-from collections import Counter
 
 import pytest
 
-from tests.distributed.conftest import TIMEOUT, cli_env, free_port, read_probes, train, train_command
+from tests.distributed.conftest import (
+    TIMEOUT, check_same_as_one_process, cli_env, free_port, hashes, read_probes, train, train_command,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -69,10 +70,6 @@ def zero3_offload(base):
                  "distributed.num_processes=2", f"training.max_steps={DS_STEPS}").ok()
 
 
-def hashes(probe: dict, start: int = 0, stop: int | None = None) -> list[str]:
-    return [b["sha256"] for b in probe["batches"][start:stop]]
-
-
 def check_two_synchronised_ranks(run, wrapper: str, accelerate_type: str, steps: int, per_rank_batches: int):
     """World size 2 seen by torch and by the Trainer, the expected wrapper, different batches on each rank,
     and the same parameters on both at the end."""
@@ -105,18 +102,8 @@ def test_ddp_matches_one_rank_with_the_same_global_batch(ddp, one_rank):
     one = one_rank.probe(0)
     assert (one["world_size"], one["trainer_world_size"], one["wrapper"]) == (1, 1, "LlamaForCausalLM")
     # The same samples make up every optimizer step: accelerate's seeded sampler draws one permutation on
-    # every rank and deals micro-batch i to rank i % 2, so steps of 4 micro-batches on one process and of
-    # 2 + 2 on two hold the same sequences (each micro-batch padded alike, hence the same hashes).
-    r0, r1 = ddp.probe(0), ddp.probe(1)
-    for step in range(DDP_STEPS):
-        alone = Counter(hashes(one, 4 * step, 4 * step + 4))
-        shared = Counter(hashes(r0, 2 * step, 2 * step + 2) + hashes(r1, 2 * step, 2 * step + 2))
-        assert alone == shared, f"step {step + 1}: the global batch differs between 1 and 2 ranks"
-    a, b = one_rank.losses(), ddp.losses()
-    assert len(a) == len(b) == DDP_STEPS
-    assert a[0] - a[-1] > 0.2  # it learns, so equal losses mean equal training
-    worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
-    assert worst < 1e-4, f"1 rank {a}\n2 ranks {b}\nworst relative difference {worst:.2e}"
+    # every rank and deals micro-batch i to rank i % 2 (each micro-batch padded alike, hence the same hashes).
+    check_same_as_one_process(one_rank, ddp, DDP_STEPS, learned=0.2)
 
 
 def test_zero2_two_ranks(zero2):

@@ -24,7 +24,7 @@ from launcher.hardware import Hardware
 from launcher.report import render_plan
 from launcher.resolve import resolve
 from launcher.run_dir import read_config, write_config
-from tests.unit.helpers import CPU, H100x8, LLAMA3_8B, REPO, plan, problems, valid_cfg
+from tests.unit.helpers import CPU, H100x8, REPO, plan, problems, valid_cfg
 
 
 def resolved(hw: Hardware = CPU, **distributed):
@@ -35,15 +35,6 @@ def resolved(hw: Hardware = CPU, **distributed):
     resolution = resolve(cfg, hw)
     assert resolution.problems == []
     return cfg, resolution
-
-
-@pytest.fixture(scope="module")
-def llama3_8b(tmp_path_factory) -> Path:
-    """A model folder with Llama-3-8B's config.json and no weights: the plan must not need them."""
-    folder = tmp_path_factory.mktemp("models") / "llama3-8b"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(LLAMA3_8B))
-    return folder
 
 
 # ---- processes and backend

@@ -11,8 +11,6 @@ The model is Llama-3-8B's shape on 8 GPUs, AdamW, bf16, one sequence of 1024 tok
     ZeRO-3 model states 20P / 8 + 4 x embedding (tests/unit/distributed/test_memory.py)    = 22,176,999,424
 """
 import importlib.util
-import json
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +22,7 @@ from launcher.distributed.memory import GIB, Layout, estimate, shape_from_config
 from launcher.report import render_plan
 from tests.unit.distributed.test_memory import (
     ACT_CKPT_BF16, ADAPTERS_R16, BLOCK, BLOCK_LINEAR, EMBED, LLAMA3_8B, OVERHEAD, P, run_config)
-from tests.unit.helpers import CPU, H100x8, LLAMA3_8B as LLAMA3_8B_CONFIG, plan, problems
+from tests.unit.helpers import CPU, H100x8, plan, problems
 
 GATHERED = 1_486_897_152
 FSDP_STATES = 16 * P / 8
@@ -33,14 +31,6 @@ FSDP_STATES = 16 * P / 8
 @pytest.fixture(scope="module")
 def shape():
     return shape_from_config(LLAMA3_8B)
-
-
-@pytest.fixture(scope="module")
-def llama3_8b(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("models") / "llama3-8b"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(LLAMA3_8B_CONFIG))
-    return folder
 
 
 # ---- the layout
