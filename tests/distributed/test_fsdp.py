@@ -131,6 +131,25 @@ def test_checkpoints_are_sharded_and_the_run_folder_holds_one_whole_model(runs, 
     assert not (run.run_dir / "pytorch_model_fsdp_0").exists()
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_generate_reads_the_fsdp_run_as_the_one_process_run(runs, layout):
+    """The gathered model (or adapter) is read by `tunelaunch generate` like any run: greedy replies of the FSDP run
+    and of the one-process run of the same global batch (weights equal within 1e-5) are the same text."""
+    import sys
+
+    def reply(run) -> str:
+        out = subprocess.run([sys.executable, "-m", "launcher.cli", "generate", str(run.run_dir), "--prompt",
+                              "Name a planet.", "--max-new-tokens", "12"], capture_output=True, text=True,
+                             env=cli_env(None), timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout
+
+    sharded, alone = reply(runs[layout]), reply(runs[f"one-{layout}"])
+    assert sharded == alone
+    if layout == "full":  # (the 9-step LoRA of the random tiny model ends its reply at once, in both runs)
+        assert sharded.strip()
+
+
 def test_dpo_with_lora_trains_under_fsdp(base):
     """DPO's reference is the base with the adapter switched off: no second model to shard."""
     run = train_recipe(base, "dpo-lora", "dpo/preference_tiny", "peft=lora", *FSDP, "training.max_steps=4").ok()
