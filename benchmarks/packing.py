@@ -216,13 +216,9 @@ def preference_pairs(n: int, out: Path, seed: int = 0) -> Path:
 
 
 def dpo_command(pairs_file: Path, model: Path, out: Path, packed: bool, block: int) -> list[str]:
-    return [probed.tool("tunelaunch"), "train", "trainer=dpo", f"project_name={out}", "overwrite=true",
-            f"model.name_or_path={model}", f"data.path={pairs_file}", "data.chat_template=chatml",
-            "data.valid_split=null", f"data.block_size={block}", f"data.packing={str(packed).lower()}",
-            "peft=lora", "peft.dropout=0", "training.epochs=1", "training.batch_size=2",
-            "training.gradient_accumulation=1", "training.lr=2e-4", "training.scheduler=constant",
-            "training.warmup_ratio=0", "training.eval_strategy=no", "training.save_strategy=no",
-            "logging.steps=1", "distributed.num_processes=1"]
+    """The same run as the SFT epoch's, with trainer=dpo on the preference pairs."""
+    command = train_command(pairs_file, model, out, packed, block)
+    return command[:2] + ["trainer=dpo"] + command[2:]
 
 
 def last_log(run, key: str) -> float:

@@ -47,9 +47,8 @@ def packs_padding_free(cfg: RunConfig) -> bool:
     their boundaries (launcher/attention.py; launcher/trainers/packed_pairs.py for the pairwise ones)."""
     from launcher.methods import METHODS
 
-    method = METHODS.get(cfg.trainer.name)
-    wraps = cfg.data.wrap_packed_sequences and cfg.trainer.name == "sft"  # only sft reads it: blocks across samples
-    return bool(method and method.packs and cfg.data.packing and not wraps)
+    method = METHODS.get(cfg.trainer.name)  # (wrapping is sft's alone: the plan refuses it for the others)
+    return bool(method and method.packs and cfg.data.packing and not cfg.data.wrap_packed_sequences)
 
 
 def load_model(cfg: RunConfig, tok, model_class=None, **kwargs):

@@ -245,7 +245,7 @@ def _packing(cfg: RunConfig, out: Resolution) -> None:
     if d.chunk_size is None:
         d.chunk_size = d.block_size
     length = d.chunk_size
-    if d.wrap_packed_sequences and method.pairs or d.wrap_packed_sequences and cfg.trainer.name == "kto":
+    if d.wrap_packed_sequences and "data.wrap_packed_sequences" not in method.reads:
         out.problems.append(Problem("data.wrap_packed_sequences", (
             f"{cfg.trainer.name} scores whole sequences (a log-probability or reward per answer), which wrapping "
             "would cut across rows: leave it false (best-fit packing keeps each example whole)")))

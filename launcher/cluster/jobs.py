@@ -245,7 +245,7 @@ def run_status(run_dir: Path) -> str:
     which only Slurm can vouch for. Runs without jobs.tsv (local runs) show run_state.json's status as before.
     """
     status = runs.read_state(run_dir).get("status", "?")
-    job = current_job(run_dir) if runs.read_status(run_dir) is not runs.Status.FINISHED else None
+    job = current_job(run_dir) if status != runs.Status.FINISHED else None  # (a str enum: equal to its word)
     if job is None:
         return status
     newest = next((e.event for e in reversed(read(run_dir)) if e.job_id == job), None)

@@ -281,7 +281,7 @@ def _check_json_schema(tc: TrainerConfig) -> list[Problem]:
 
 
 def _check_reward_run(entry: str) -> list[Problem]:
-    from launcher.run_dir import STATE_FILE, Status, read_state, read_status
+    from launcher.run_dir import STATE_FILE, Status, read_state
 
     folder = _run_folder(entry)
 
@@ -298,7 +298,7 @@ def _check_reward_run(entry: str) -> list[Problem]:
     if trainer != "reward":
         return problem(f"{folder} is a {trainer} run, not a reward model: train one with trainer=reward")
     status = read_state(folder).get("status")
-    if read_status(folder) is not Status.FINISHED:
+    if status != Status.FINISHED:  # (a str enum: equal to its word)
         return problem(f"{folder} has not finished training (its {STATE_FILE} says {status or 'nothing'}); a reward "
                        "model is read from a finished run")
     return []
