@@ -32,6 +32,9 @@ class Method:
     packs: bool = False
     """It packs with data.packing: several examples share one row, each attending only to itself (padding-free);
     it then reads the packing keys (`_PACKING`, added to `reads`)."""
+    streams: bool = False
+    """It can read its data as a stream (data.streaming: tokenised on the fly, never whole in memory); the others
+    refuse data.streaming (launcher.resolve), since they would read the whole corpus."""
 
     def __post_init__(self):
         if self.packs:
@@ -58,11 +61,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sft", "supervised fine-tuning on text, chat, prompt/completion or Alpaca rows",
            ("alpaca", "prompt_completion", "messages", "text"),
            "text, messages, prompt+completion or instruction+output",
-           autotrain_tasks=("llm-sft",), packs=True,
-           reads=("trainer.train_on", "training.neftune_noise_alpha", "data.wrap_packed_sequences")),
+           autotrain_tasks=("llm-sft",), packs=True, streams=True,
+           reads=("trainer.train_on", "trainer.train_on_reasoning", "training.neftune_noise_alpha",
+                  "data.wrap_packed_sequences", "data.packing_buffer")),
     Method("default", "causal LM on text concatenated into block_size blocks",
            ("alpaca", "prompt_completion", "messages", "text"), "text",
-           autotrain_tasks=("llm-generic",)),
+           autotrain_tasks=("llm-generic",), streams=True),
     Method("reward", "a one-label score head on chosen/rejected pairs", ("preference", "reward_pair"),
            "text+rejected_text or chosen+rejected", pairs=True, score_head=True, packs=True, autotrain_tasks=("llm-reward",)),
     Method("dpo", "direct preference optimisation against a frozen reference", ("preference",), _PREFERENCE_PAIRS,

@@ -14,8 +14,12 @@ this order (each step may read what the steps before it decided):
   5. chat template        Alpaca rows under `none` -> alpaca
      packing              for the methods that pack (the method table's `packs`): data.chunk_size null -> block_size,
                           the one length of a packed row, and how the rows are packed
+     streaming            data.streaming: only for the methods that stream (the method table's `streams`), with
+                          training.max_steps (a stream has no known length), one source, no wrapped packing
   6. processes            num_processes null -> one per GPU (one without GPUs); on Slurm num_nodes = cluster.nodes
-                          (from the allocation in a job's batch step), and cores and memory per node
+                          (from the allocation in a job's batch step), and cores and memory per node;
+                          data.num_proc null -> the cores given to the job (at least ROWS_PER_TOKENISER rows
+                          each), or left to each Slurm job's own allocation when planned for a cluster
   7. backend              auto -> none / DDP / ZeRO-2 / FSDP / ZeRO-3 / ZeRO-3 + offload / FSDP + offload, from
                           the memory estimate (ZeRO first at equal communication when deepspeed is installed;
                           FSDP where only it fits, or without deepspeed)
@@ -75,7 +79,9 @@ def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None, train_
     _block_size(cfg, out)
     _template(cfg, data_format, out)
     _packing(cfg, out)
+    _streaming(cfg, out)
     _processes(cfg, hw, out)
+    _tokenisers(cfg, train_rows, out)
     _backend(cfg, hw, out)
     _accumulation(cfg, out)
     _schedule(cfg, train_rows, out)
@@ -268,6 +274,40 @@ def _packing(cfg: RunConfig, out: Resolution) -> None:
                          "padding-free, no pad tokens computed")
 
 
+def _streaming(cfg: RunConfig, out: Resolution) -> None:
+    d, name = cfg.data, cfg.trainer.name
+    if not d.streaming:
+        return
+    streamers = [m.name for m in METHODS.values() if m.streams]
+    if not METHODS[name].streams:
+        out.problems.append(Problem("data.streaming", (
+            f"the {name} trainer reads its data whole (trl prepares it up front); streaming is for "
+            f"{', '.join(streamers)}: set data.streaming=false, or trainer={streamers[0]}")))
+        return
+    if cfg.training.max_steps <= 0:
+        out.problems.append(Problem("training.max_steps", (
+            "data.streaming reads the data as it trains, so the number of rows, and with it the length of an "
+            "epoch, the learning-rate schedule and the end of training, is unknown up front: set "
+            "training.max_steps (e.g. training.max_steps=1000), or data.streaming=false")))
+    if d.datasets:
+        out.problems.append(Problem("data.streaming / data.datasets", (
+            "a mixture is drawn from sources held whole; stream one source (data.path), or set "
+            "data.streaming=false")))
+    if d.packing and d.wrap_packed_sequences:
+        out.problems.append(Problem("data.wrap_packed_sequences", (
+            "with data.streaming the samples are packed best-fit over data.packing_buffer samples; wrapping is "
+            "for data prepared whole: set data.wrap_packed_sequences=false")))
+    if d.packing_buffer < 1:
+        out.problems.append(Problem("data.packing_buffer", f"must be 1 or more samples, got {d.packing_buffer}"))
+    if out.problems:
+        return
+    how = (f"packed best-fit over buffers of {d.packing_buffer} samples" if name == "sft" and d.packing else
+           f"concatenated and cut into blocks of {d.block_size} tokens" if name == "default" else "one per row")
+    out.notes.append(f"data: streaming: rows are read, tokenised and {how} as training goes, each process "
+                     f"reading its own rows; training stops after training.max_steps={cfg.training.max_steps} "
+                     "steps, and each checkpoint holds the stream's position so a resume continues exactly")
+
+
 def _processes(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
     d, c = cfg.distributed, cfg.cluster
     if c.kind == "slurm":
@@ -283,6 +323,58 @@ def _processes(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
     if c.kind == "slurm" and not resources.in_batch_step():
         nodes = resources.describe_nodes(c.partition)
         out.notes += resources.gpu_request_notes(c, nodes) + resources.default_resources(c, d.num_processes, nodes)
+
+
+ROWS_PER_TOKENISER = 2000
+"""data.num_proc null: fewer rows per process cost more to hand out (a process pool, the cache shards joined)
+than they save."""
+
+
+def cores_given() -> int:
+    """The CPU cores this job may use: Slurm's SLURM_CPUS_PER_TASK inside a job (the allocation, not the node),
+    else the cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK") if os.environ.get("SLURM_JOB_ID") else None
+    if slurm and slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (macOS has no affinity masks)
+        return os.cpu_count() or 1
+
+
+def tokenising_processes(cfg: RunConfig, rows: int | None = None) -> int:
+    """Processes that tokenise `rows` rows: data.num_proc, or (null) the cores given, at least
+    ROWS_PER_TOKENISER rows each. Called where the data is tokenised, so a Slurm job counts its own cores."""
+    if cfg.data.num_proc is not None:
+        return cfg.data.num_proc
+    cores = cores_given()
+    return cores if rows is None else max(1, min(cores, rows // ROWS_PER_TOKENISER))
+
+
+def _tokenisers(cfg: RunConfig, train_rows: int | None, out: Resolution) -> None:
+    """data.num_proc: decided here for this machine; a run planned for Slurm keeps null, so the preparation job
+    and the training job each count the cores of their own allocation (cluster.preprocess_cpus for the first)."""
+    d = cfg.data
+    if d.num_proc is not None:
+        if d.num_proc < 1:
+            out.problems.append(Problem("data.num_proc", f"must be 1 or more processes, got {d.num_proc} (null = "
+                                                         "the cores given to the job)"))
+        return
+    if cfg.cluster.kind == "slurm":
+        from launcher.cluster import resources
+
+        if not resources.in_batch_step():
+            out.notes.append("data: num_proc null: the data is tokenised by as many processes as each Slurm job "
+                             f"has cores (the preparation job's cluster.preprocess_cpus={cfg.cluster.preprocess_cpus})")
+            return
+    cores = cores_given()
+    d.num_proc = tokenising_processes(cfg, train_rows)
+    if train_rows is None:
+        why = f"the {cores} CPU core(s) given to this job"
+    else:
+        why = (f"{train_rows} training rows over the {cores} CPU core(s) given to this job, at least "
+               f"{ROWS_PER_TOKENISER} rows per process")
+    out.notes.append(f"data: num_proc null -> {d.num_proc} tokenising process(es) ({why})")
 
 
 def _backend(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:

@@ -49,7 +49,7 @@ RESUME_MAY_CHANGE = (
     "logging.", "hub.", "cluster.",  # reporting, publishing, the Slurm job (its node count is refused above)
     "training.gradient_checkpointing", "training.auto_find_batch_size", "training.deterministic",
     "model.attn_implementation", "model.liger_kernel", "model.compile", "model.trust_remote_code",  # speed/memory
-    "data.cache_dir", "peft.merge_adapter",  # where tokenised data is cached; what is done at the final save
+    "data.cache_dir", "data.num_proc", "peft.merge_adapter",  # where and how fast data is tokenised; the final save
     "distributed.launcher", "distributed.node_rank", "distributed.main_process_ip", "distributed.main_process_port",
     "distributed.timeout_minutes",
 )

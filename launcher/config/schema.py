@@ -60,6 +60,29 @@ class ColumnMapping:
 
 
 @dataclass
+class DataSource:
+    """One source of a mixture (data.datasets): its own files, splits, columns and format; the chat template,
+    lengths and packing are the run's (data.*)."""
+    path: str = ""
+    """A folder holding `<split>.jsonl|.csv|.parquet`, a single data file, or a hub dataset id."""
+    train_split: str = "train"
+    """Training split of this source: the file name without extension in `path`, or the hub split."""
+    valid_split: Optional[str] = None
+    """Validation split of this source, or null for none."""
+    column_mapping: ColumnMapping = field(default_factory=ColumnMapping)
+    """Which columns of this source play which role."""
+    format: Literal["auto", "text", "messages", "prompt_completion", "alpaca", "preference", "unpaired",
+                    "unpaired_messages"] = "auto"
+    """Row format of this source; auto detects it from the columns (as data.format)."""
+    weight: float = 1.0
+    """Share of this source in the mixture: weights are normalised to sum to 1. With data.mixture=interleave
+    each training row is drawn from a source with probability its share; with concat, ignored (every row of
+    every source, once)."""
+    name: Optional[str] = None
+    """Label shown by `prepare --show` and in the logs; null = the file or hub id."""
+
+
+@dataclass
 class DataConfig:
     path: str = "data"
     """A folder holding `<split>.jsonl|.csv|.parquet`, a single data file, or a hub dataset id. [data_path]"""
@@ -106,6 +129,27 @@ class DataConfig:
     length, but samples are split and see their neighbours). [wrap_packed_sequences]"""
     chunk_size: Optional[int] = None
     """With packing: length of a packed sequence; null = block_size. [chunk_size]"""
+    datasets: list[DataSource] = field(default_factory=list)
+    """Several sources mixed into one training set, each with its own path, splits, column_mapping, format and
+    weight (a YAML list of maps). When set, data.path, train_split, valid_split, column_mapping and format are
+    not read (each source has its own). Empty = the one source data.path."""
+    mixture: Literal["concat", "interleave"] = "concat"
+    """How data.datasets are mixed: concat (every row of every source, in order; shuffled by the trainer) or
+    interleave (rows drawn from the sources with probabilities = their normalised weights, seeded with
+    training.seed, through datasets.interleave_datasets)."""
+    stopping_strategy: Literal["first_exhausted", "all_exhausted"] = "first_exhausted"
+    """interleave: stop when the first source runs out (no row repeated; the realised shares follow the
+    weights), or when every source has been seen whole (the smaller ones are repeated)."""
+    streaming: bool = False
+    """Read, tokenise and pack the training data on the fly instead of preparing it up front (corpora larger
+    than memory or disk cache; default and sft trainers). Needs training.max_steps; rows are split across
+    processes and nodes, and the stream's position is saved in each checkpoint so a resume continues exactly."""
+    packing_buffer: int = 1000
+    """streaming with data.packing: samples gathered before best-fit packing lays them into rows (more fills
+    rows better, holds more in memory)."""
+    num_proc: Optional[int] = None
+    """Processes that tokenise the data (datasets.map num_proc); null = the CPU cores given to the job (Slurm's
+    SLURM_CPUS_PER_TASK, else the cores this process may run on), stated by `plan`."""
     cache_dir: Optional[str] = None
     """Where tokenised datasets are cached (keyed by data, tokenizer, template, lengths, packing and trainer);
     null = `<cache root>/data` (TUNELAUNCH_CACHE or ~/.cache/tunelaunch)."""
@@ -119,6 +163,9 @@ class TrainerConfig:
     [trainer, task]"""
     train_on: Literal["completion", "all"] = "completion"
     """sft loss on the assistant turns / completion only (with their end-of-turn token), or on all tokens."""
+    train_on_reasoning: bool = True
+    """sft: train on the reasoning traces of assistant turns (`reasoning_content`, or `<think>` spans in the
+    content) as well as the replies; false = the traces are shown to the model but not trained."""
     beta: Optional[float] = None
     """dpo: strength of the KL penalty to the reference model (ipo: its regularisation tau); orpo: weight of the
     odds-ratio loss; cpo/simpo: scale of the reward (the SimPO paper uses 2.0-2.5, with simpo_gamma about half

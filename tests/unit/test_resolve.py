@@ -333,3 +333,89 @@ def test_automatic_logging_is_planned_from_the_rows_and_stated():
     cfg.logging.steps = 7
     resolve(cfg, CPU, train_rows=400)
     assert cfg.logging.steps == 7
+
+
+# ---- data processes and streaming
+
+def test_num_proc_null_is_the_cores_given_with_enough_rows_each_and_stated(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setattr(resolve_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    cfg = valid_cfg()
+    out = resolve(cfg, CPU, train_rows=5000)  # 2000 rows per process at least: 2 of the 4 cores
+    assert cfg.data.num_proc == 2
+    assert any("num_proc null -> 2 tokenising process(es) (5000 training rows over the 4 CPU core(s)" in n
+               for n in out.notes), out.notes
+    cfg = valid_cfg()
+    resolve(cfg, CPU, train_rows=100)
+    assert cfg.data.num_proc == 1
+    cfg = valid_cfg()
+    resolve(cfg, CPU)  # rows not counted here (a hub dataset): every core
+    assert cfg.data.num_proc == 4
+
+
+def test_a_slurm_allocation_gives_its_own_cores_not_the_nodes(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    monkeypatch.setattr(resolve_module.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert resolve_module.cores_given() == 6
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert resolve_module.cores_given() == 64
+
+
+def test_num_proc_planned_for_slurm_is_left_to_each_job(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    cfg = valid_cfg()
+    cfg.cluster.kind = "slurm"
+    cfg.cluster.preprocess_cpus = 8
+    out = Resolution()
+    resolve_module._tokenisers(cfg, 100_000, out)
+    assert cfg.data.num_proc is None
+    assert any("each Slurm job" in n and "preprocess_cpus=8" in n for n in out.notes), out.notes
+
+
+def test_an_explicit_num_proc_is_kept_and_zero_refused():
+    cfg = valid_cfg()
+    cfg.data.num_proc = 3
+    resolve(cfg, CPU, train_rows=10)
+    assert cfg.data.num_proc == 3
+    cfg = valid_cfg()
+    cfg.data.num_proc = 0
+    assert any(p.key == "data.num_proc" for p in resolve(cfg, CPU).problems)
+
+
+def test_streaming_needs_max_steps_and_says_why():
+    cfg = valid_cfg()
+    cfg.data.streaming = True
+    out = resolve(cfg, CPU)
+    [problem] = [p for p in out.problems if p.key == "training.max_steps"]
+    assert "unknown up front" in problem.message and "training.max_steps=" in problem.message
+    cfg = valid_cfg()
+    cfg.data.streaming = True
+    cfg.training.max_steps = 20
+    out = resolve(cfg, CPU)
+    assert not out.problems
+    assert any(n.startswith("data: streaming: rows are read, tokenised") and "max_steps=20" in n for n in out.notes)
+
+
+@pytest.mark.parametrize("trainer", ["dpo", "kto", "grpo"])
+def test_streaming_is_refused_for_the_trainers_that_read_data_whole(trainer):
+    cfg = valid_cfg()
+    cfg.trainer.name = trainer
+    cfg.data.streaming = True
+    cfg.training.max_steps = 5
+    out = Resolution()
+    resolve_module._streaming(cfg, out)
+    [problem] = out.problems
+    assert problem.key == "data.streaming" and f"the {trainer} trainer reads its data whole" in problem.message
+    assert "default, sft" in problem.message or "sft, default" in problem.message
+
+
+def test_streaming_a_mixture_or_wrapped_packing_is_refused():
+    cfg = valid_cfg()
+    cfg.data.streaming, cfg.training.max_steps = True, 5
+    cfg.data.packing = cfg.data.wrap_packed_sequences = True
+    from launcher.config.schema import DataSource
+    cfg.data.datasets = [DataSource(path="a"), DataSource(path="b")]
+    out = Resolution()
+    resolve_module._streaming(cfg, out)
+    assert {p.key for p in out.problems} == {"data.streaming / data.datasets", "data.wrap_packed_sequences"}

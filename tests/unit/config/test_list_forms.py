@@ -24,13 +24,14 @@ def nested(key: str, value) -> dict:
 def test_the_list_keys_are_the_ones_this_test_knows():
     assert list_keys() == {"peft.target_modules", "peft.modules_to_save", "trainer.loss_type",
                            "trainer.loss_weights", "cluster.container.mounts", "trainer.rewards",
-                           "trainer.reward_weights", "trainer.tools", *LINE_LISTS}
+                           "trainer.reward_weights", "trainer.tools", "data.datasets", *LINE_LISTS}
 
 
 NUMBER_LISTS = {"trainer.loss_weights", "trainer.reward_weights"}
+MAP_LISTS = {"data.datasets"}  # a list of sources, each a map: no comma form
 
 
-@pytest.mark.parametrize("key", sorted(list_keys() - LINE_LISTS - NUMBER_LISTS))
+@pytest.mark.parametrize("key", sorted(list_keys() - LINE_LISTS - NUMBER_LISTS - MAP_LISTS))
 def test_every_list_of_names_takes_a_comma_string(key):
     cfg, problems = from_dict(RunConfig, nested(key, "first, second"))
     assert not problems, problems

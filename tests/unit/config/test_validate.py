@@ -110,7 +110,9 @@ UNREAD_VALUES = {"data.max_prompt_length": 100_000, "data.max_completion_length"
                  "trainer.teacher": "org/teacher", "trainer.generation": "vllm", "trainer.vllm_mode": "server",
                  "trainer.vllm_gpu_memory_utilization": 2.0, "logging.samples_steps": -1,
                  # packing: the method table's `packs` rows read it (and sft alone wraps)
-                 "data.packing": True, "data.chunk_size": 64, "data.wrap_packed_sequences": True}
+                 "data.packing": True, "data.chunk_size": 64, "data.wrap_packed_sequences": True,
+                 # sft's own: reasoning traces, the streamed packing buffer
+                 "trainer.train_on_reasoning": False, "data.packing_buffer": 0}
 UNREAD_CASES = [(key, m) for key in sorted({k for row in methods.METHODS.values() for k in row.reads})
                 for m in methods.NAMES if not methods.reads(m, key)]
 
