@@ -10,11 +10,11 @@ import re
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
+
 SCRIPT = REPO / "benchmarks" / "gpu.py"
 
 BENCH_COLUMNS = ["#", "configuration", "params (N)", "status", "real tokens/s/GPU", "real/computed tokens",

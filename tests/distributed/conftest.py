@@ -8,15 +8,14 @@ their workers, and its sitecustomize.py installs the probe in the processes that
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import cli_env, tunelaunch
+
 PROBE_SITE = Path(__file__).resolve().parent / "probe_site"
 TIMEOUT = 600
 
@@ -46,23 +45,18 @@ class Run:
         return json.loads((self.run_dir / "launch.json").read_text())
 
 
-def cli_env(probe_dir: Path | None, extra: dict | None = None) -> dict:
-    """The probe's sitecustomize and this checkout's code first on the path; the probe on (writing into
-    probe_dir) or off (TUNELAUNCH_PROBE_FAIL_RANK in extra still switches on its failing rank)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(PROBE_SITE), str(REPO), os.environ.get("PYTHONPATH")])))
-    for key in ("TUNELAUNCH_PROBE_DIR", "TUNELAUNCH_PROBE_FAIL_RANK", "TUNELAUNCH_PROBE_STEP_SLEEP",
-                "TUNELAUNCH_PROBE_SAVE_SLEEP"):
-        env.pop(key, None)
-    if probe_dir is not None:
-        env["TUNELAUNCH_PROBE_DIR"] = str(probe_dir)
-    env.update(extra or {})
-    return env
+def probe_env(probe_dir: Path | None, extra: dict | None = None) -> dict:
+    """cli_env() with the probe's sitecustomize first on the path; the probe on (writing into probe_dir) or off
+    (TUNELAUNCH_PROBE_FAIL_RANK in extra still switches on its failing rank). Probe variables of this process are
+    dropped: only what a test asks for reaches the workers."""
+    unset = dict.fromkeys(("TUNELAUNCH_PROBE_DIR", "TUNELAUNCH_PROBE_FAIL_RANK", "TUNELAUNCH_PROBE_STEP_SLEEP",
+                           "TUNELAUNCH_PROBE_SAVE_SLEEP"))
+    probe = {} if probe_dir is None else {"TUNELAUNCH_PROBE_DIR": str(probe_dir)}
+    return cli_env(PROBE_SITE, **{**unset, **probe, **(extra or {})})
 
 
 def train_command(run_dir: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "launcher.cli", "train", "recipe=sft/chat_tiny", f"project_name={run_dir}",
-            *overrides]
+    return tunelaunch("train", "recipe=sft/chat_tiny", f"project_name={run_dir}", *overrides)
 
 
 def read_probes(probe_dir: Path) -> dict:
@@ -75,7 +69,7 @@ def train(base: Path, name: str, *overrides: str, env: dict | None = None, probe
     """`tunelaunch train recipe=sft/chat_tiny project_name=<base>/<name> ...overrides`, timed."""
     run_dir, probe_dir = base / name, base / f"{name}-probe"
     start = time.monotonic()
-    out = subprocess.run(train_command(run_dir, *overrides), cwd=base, env=cli_env(probe_dir if probe else None, env),
+    out = subprocess.run(train_command(run_dir, *overrides), cwd=base, env=probe_env(probe_dir if probe else None, env),
                          capture_output=True, text=True, timeout=TIMEOUT)
     seconds = time.monotonic() - start
     return Run(run_dir, probe_dir, out.returncode, out.stdout + out.stderr, seconds, read_probes(probe_dir))
@@ -102,7 +96,7 @@ def train_recipe(base: Path, name: str, recipe: str, *overrides: str, env: dict 
     run_dir, probe_dir = base / name, base / f"{name}-probe"
     command = [word if not word.startswith("recipe=") else f"recipe={recipe}" for word in train_command(run_dir)]
     start = time.monotonic()
-    out = subprocess.run([*command, *overrides], cwd=base, env=cli_env(probe_dir if probe else None, env),
+    out = subprocess.run([*command, *overrides], cwd=base, env=probe_env(probe_dir if probe else None, env),
                          capture_output=True, text=True, timeout=TIMEOUT)
     seconds = time.monotonic() - start
     return Run(run_dir, probe_dir, out.returncode, out.stdout + out.stderr, seconds, read_probes(probe_dir))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.conftest import TIMEOUT, cli_env, kill_everything, max_weight_diff, train, train_command
+from tests.distributed.conftest import TIMEOUT, kill_everything, max_weight_diff, probe_env, train, train_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 STEPS = 12
@@ -44,8 +44,8 @@ def state(run_dir: Path) -> dict:
     return json.loads((run_dir / "run_state.json").read_text())
 
 
-def start(base: Path, name: str, *overrides: str, **probe_env) -> subprocess.Popen:
-    env = cli_env(None, {f"TUNELAUNCH_PROBE_{k.upper()}": str(v) for k, v in probe_env.items()})
+def start(base: Path, name: str, *overrides: str, **probe) -> subprocess.Popen:
+    env = probe_env(None, {f"TUNELAUNCH_PROBE_{k.upper()}": str(v) for k, v in probe.items()})
     return subprocess.Popen(train_command(base / name, *ARGS, *overrides), cwd=base, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import tunelaunch
 from tests.distributed.conftest import (
-    check_same_as_one_process, cli_env, hashes, kill_everything, max_weight_diff, train, train_command, train_recipe,
+    check_same_as_one_process, hashes, kill_everything, max_weight_diff, probe_env, train, train_command, train_recipe,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -135,12 +136,9 @@ def test_checkpoints_are_sharded_and_the_run_folder_holds_one_whole_model(runs, 
 def test_generate_reads_the_fsdp_run_as_the_one_process_run(runs, layout):
     """The gathered model (or adapter) is read by `tunelaunch generate` like any run: greedy replies of the FSDP run
     and of the one-process run of the same global batch (weights equal within 1e-5) are the same text."""
-    import sys
-
     def reply(run) -> str:
-        out = subprocess.run([sys.executable, "-m", "launcher.cli", "generate", str(run.run_dir), "--prompt",
-                              "Name a planet.", "--max-new-tokens", "12"], capture_output=True, text=True,
-                             env=cli_env(None), timeout=300)
+        out = subprocess.run(tunelaunch("generate", run.run_dir, "--prompt", "Name a planet.", "--max-new-tokens",
+                                        "12"), capture_output=True, text=True, env=probe_env(None), timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout
 
@@ -187,7 +185,7 @@ def _prod(shape) -> int:
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_kill_9_mid_run_then_the_same_command_resumes_exactly(base, uninterrupted, layout):
     name, args = f"kill9-{layout}", (*COMMON, *FSDP, *RESUMED[layout])
-    env = cli_env(None, {"TUNELAUNCH_PROBE_STEP_SLEEP": "0.4"})
+    env = probe_env(None, {"TUNELAUNCH_PROBE_STEP_SLEEP": "0.4"})
     proc = subprocess.Popen(train_command(base / name, *args), cwd=base, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     ready = base / name / "checkpoint-6" / "trainer_state.json"

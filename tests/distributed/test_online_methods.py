@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed.conftest import cli_env, max_weight_diff, train, train_command
+from tests.distributed.conftest import max_weight_diff, probe_env, train, train_command
 from tests.distributed.test_exact_resume import kill_everything, state, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -72,7 +72,7 @@ def test_online_method_resumes_exactly_after_kill_9(base, method, teacher):
     whole = train(base, f"{method}-whole", *args, probe=False).ok().run_dir
     name = f"{method}-kill9"
     proc = subprocess.Popen(train_command(base / name, *args), cwd=base, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=cli_env(None, {"TUNELAUNCH_PROBE_STEP_SLEEP": "1.0"}))
+                            stderr=subprocess.STDOUT, env=probe_env(None, {"TUNELAUNCH_PROBE_STEP_SLEEP": "1.0"}))
     wait_until(proc, lambda: (base / name / "checkpoint-4" / "trainer_state.json").is_file(), "checkpoint-4")
     time.sleep(1.5)  # a step past the checkpoint, mid-run
     kill_everything(proc)

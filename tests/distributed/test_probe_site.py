@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.distributed.conftest import REPO, cli_env
+from tests.conftest import REPO
+from tests.distributed.conftest import probe_env
 
 SHOW = "import sys; print(sorted(m for m in ('tunelaunch_probe', 'torch', 'transformers') if m in sys.modules))"
 RANK_1 = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "GROUP_RANK": "1"}
@@ -36,7 +37,7 @@ def test_the_shipped_launcher_has_no_probe():
 
 
 def test_other_processes_do_not_load_the_probe(tmp_path):
-    env = cli_env(tmp_path / "probe", {"TUNELAUNCH_PROBE_FAIL_RANK": "1", **RANK_1})
+    env = probe_env(tmp_path / "probe", {"TUNELAUNCH_PROBE_FAIL_RANK": "1", **RANK_1})
     for args in (["-c", SHOW], ["-u", "-c", SHOW], ["-X", "utf8", "-c", SHOW]):
         out = _python(*args, env=env, cwd=tmp_path)
         assert out.returncode == 0 and out.stdout.strip() == "[]", (args, out.stdout, out.stderr)
@@ -48,7 +49,7 @@ def test_other_processes_do_not_load_the_probe(tmp_path):
 
 
 def test_a_worker_without_the_variables_is_left_alone(tmp_path):
-    out = _worker(tmp_path, cli_env(None, RANK_1))
+    out = _worker(tmp_path, probe_env(None, RANK_1))
     assert out.returncode == 2 and "usage" in out.stderr, out.stderr
     assert "sitecustomize" in out.stderr and "tunelaunch_probe" not in out.stderr
 
@@ -56,7 +57,7 @@ def test_a_worker_without_the_variables_is_left_alone(tmp_path):
 def test_a_worker_process_gets_the_probe_before_its_own_code(tmp_path):
     """The probe is installed at startup; its exit hook writes what it knew (no Trainer ran here)."""
     probe_dir = tmp_path / "probe"
-    out = _worker(tmp_path, cli_env(probe_dir, RANK_1))
+    out = _worker(tmp_path, probe_env(probe_dir, RANK_1))
     assert out.returncode == 2 and "tunelaunch_probe" in out.stderr, out.stderr
     record = json.loads((probe_dir / "rank1.json").read_text())
     assert (record["rank_env"], record["world_size_env"], record["local_rank_env"], record["node_rank_env"]) == (

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from tests.distributed.conftest import (
-    TIMEOUT, check_same_as_one_process, cli_env, free_port, hashes, read_probes, train, train_command,
+    TIMEOUT, check_same_as_one_process, free_port, hashes, probe_env, read_probes, train, train_command,
 )
 
 pytestmark = pytest.mark.slow
@@ -223,7 +223,7 @@ def test_two_nodes_meet_at_the_rendezvous_with_the_commands_plan_prints(base):
     assert "--machine_rank" in node1 and node1[node1.index("--machine_rank") + 1] == "1"
 
     start = time.monotonic()
-    node0 = subprocess.Popen(train_command(run_dir, *overrides), cwd=base, env=cli_env(probe_dir),
+    node0 = subprocess.Popen(train_command(run_dir, *overrides), cwd=base, env=probe_env(probe_dir),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # Start node 1 once node 0's launcher holds the rendezvous port (earlier, node 1 would take the port
@@ -232,7 +232,7 @@ def test_two_nodes_meet_at_the_rendezvous_with_the_commands_plan_prints(base):
             assert node0.poll() is None, node0.communicate()[0][-4000:]
             assert time.monotonic() - start < 180, "node 0 never opened the rendezvous port"
             time.sleep(0.5)
-        second = subprocess.run(node1, cwd=base, env=cli_env(probe_dir), capture_output=True, text=True,
+        second = subprocess.run(node1, cwd=base, env=probe_env(probe_dir), capture_output=True, text=True,
                                 timeout=TIMEOUT)
         out0 = node0.communicate(timeout=TIMEOUT)[0]
     finally:

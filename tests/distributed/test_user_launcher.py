@@ -9,18 +9,17 @@ with `tunelaunch train distributed=ddp distributed.num_processes=2` of the same 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.distributed.conftest import REPO, TIMEOUT, Run, cli_env, free_port, max_weight_diff, read_probes
+from tests.conftest import REPO
+from tests.distributed.conftest import TIMEOUT, Run, free_port, max_weight_diff, probe_env, read_probes
 from tests.distributed.test_exact_resume import kill_everything, wait_until
 from tests.distributed.test_two_processes import check_two_synchronised_ranks
 
@@ -29,7 +28,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 STEPS = 10  # recipe=sft/chat_tiny
 EPOCH_BATCHES = 10  # micro-batches per rank in one epoch: 40 rows / 2 per batch / 2 ranks
 SAVES = ("training.save_strategy=steps", "training.save_steps=3")
-VENV_BIN = str(Path(sys.executable).parent)  # torchrun and accelerate, as a user's activated venv has them
 
 
 def readme_section() -> tuple[list[str], dict[str, str]]:
@@ -54,9 +52,9 @@ def command(start: str, *contains: str) -> str:
 
 
 def env_for(probe_dir: Path | None, **probe) -> dict:
-    env = cli_env(probe_dir, {f"TUNELAUNCH_PROBE_{k.upper()}": str(v) for k, v in probe.items()})
-    env["PATH"] = os.pathsep.join([VENV_BIN, env.get("PATH", "")])
-    return env
+    """The probe's environment; torchrun and accelerate of this venv first on PATH (cli_env), as a user's
+    activated venv has them."""
+    return probe_env(probe_dir, {f"TUNELAUNCH_PROBE_{k.upper()}": str(v) for k, v in probe.items()})
 
 
 def run(base: Path, line: str, name: str, probe: bool = True) -> Run:

@@ -11,7 +11,7 @@ from launcher import models
 from launcher.config.schema import RunConfig
 from launcher.merge import merge_run
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 VARIANTS = {
     "dora": {"use_dora": True},

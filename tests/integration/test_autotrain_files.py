@@ -4,7 +4,8 @@ import math
 
 import yaml
 
-from .conftest import REPO, losses, run_cli
+from tests.conftest import REPO, run_cli
+from .conftest import losses
 
 
 def test_task_llm_with_a_small_block_size_trains(tmp_path, tiny_model):

@@ -6,15 +6,13 @@ import pty
 import re
 import select
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli
+from tests.conftest import cli_env, run_cli
 
-BIN = Path(sys.executable).parent
 PIPED = ("printf 'Name a planet.\\nAnd another one?\\n' "
          "| tunelaunch chat runs/sft-chat-tiny --max-new-tokens 16 --show-prompt")
 TYPED = "tunelaunch chat runs/sft-chat-tiny"
@@ -23,8 +21,7 @@ PROMPT_BLOCK = re.compile(r"--- prompt \(\d+ tokens\) ---\n(.*?)\n--- reply ---\
 
 def shell(command: str, cwd: Path, **kwargs) -> subprocess.Popen | subprocess.CompletedProcess:
     """A README command line through bash, with this environment's `tunelaunch` first on PATH."""
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300,
                           **kwargs)
 
 
@@ -46,8 +43,7 @@ def type_on_a_terminal(command: str, cwd: Path, lines: list[str], timeout: float
     """Run a command line on a pseudo-terminal, typing each line after each `you> ` prompt; (exit code, what the
     terminal showed)."""
     master, slave = pty.openpty()
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
+    proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=cli_env(), stdin=slave, stdout=slave, stderr=slave,
                             close_fds=True)
     os.close(slave)
     shown, deadline = b"", time.monotonic() + timeout
@@ -79,9 +75,8 @@ def type_on_a_terminal(command: str, cwd: Path, lines: list[str], timeout: float
 
 
 def test_piped_lines_on_a_model_folder_answer_two_turns(tmp_path, tiny_model):
-    done = subprocess.run([sys.executable, "-m", "launcher.cli", "chat", str(tiny_model), "--max-new-tokens", "8",
-                           "--show-prompt"], cwd=tmp_path, input="Name a planet.\nAnd another one?\n",
-                          capture_output=True, text=True, timeout=300)
+    done = run_cli("chat", tiny_model, "--max-new-tokens", "8", "--show-prompt", cwd=tmp_path,
+                   input="Name a planet.\nAnd another one?\n", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     check_two_piped_turns(done.stdout, done.stderr)
 

@@ -7,7 +7,7 @@ import sys
 
 from launcher import console
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 # Lines this CPU machine's libraries print on every tiny LoRA run (the quickstart's path: peft, trl's SFT config),
 # and the notices that depend on the CPU or its core count. torch's pin_memory warning is not asked for at all

@@ -8,7 +8,7 @@ import math
 import pytest
 import yaml
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 
 def random_adapter_teacher(tiny_model, folder):

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, losses, run_cli
+from tests.conftest import REPO, run_cli
+from .conftest import losses
 
 # Six `tunelaunch train` runs of ~30-60 s each on two busy CPU cores (most of it process start-up): ~4 minutes.
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 
 from launcher.embedded import smollm2_folder
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 STEPS = 8
 MARGIN = 0.25  # measured +0.56 with the rewards, -0.13 without

@@ -6,7 +6,7 @@ import torch
 
 from launcher.generate import from_run
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 from .fake_hub import FakeHub
 
 PLANTED = "hf_PLANTEDpushTOKEN0987654321abcdef"

@@ -9,7 +9,8 @@ import yaml
 
 from launcher import cli
 
-from .conftest import losses, run_cli
+from tests.conftest import run_cli
+from .conftest import losses
 
 CASES = {"none": ("recipe=kto/unpaired_tiny",),
          "lora": ("recipe=kto/conversation_tiny", "data.max_prompt_length=8", "data.max_completion_length=4")}

@@ -12,7 +12,7 @@ import re
 import pytest
 import yaml
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 STEPS = 4
 FAST = (f"training.max_steps={STEPS}", "logging.steps=1")

@@ -15,7 +15,7 @@ import torch
 from launcher import attention
 from launcher.trainers import packed_pairs
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 

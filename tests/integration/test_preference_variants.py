@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from .conftest import losses, run_cli
+from tests.conftest import run_cli
+from .conftest import losses
 
 RECIPES = {"cpo": "cpo/preference_tiny", "simpo": "simpo/preference_chat_tiny"}
 LIMITS = ("data.max_prompt_length=8", "data.max_completion_length=4")  # below every sample's lengths

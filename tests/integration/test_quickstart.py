@@ -4,7 +4,8 @@ import pytest
 from launcher.embedded import smollm2_folder
 from launcher.generate import from_base, from_run
 
-from .conftest import losses, run_cli
+from tests.conftest import cli_env, run_cli
+from .conftest import losses
 
 
 @pytest.mark.slow
@@ -32,12 +33,11 @@ def test_embedded_prints_only_the_folder_on_stdout_even_when_it_builds(name, tmp
     """scripts/quickstart.sh reads the model folder with $(python -m launcher.embedded smollm2): a first build
     (fresh cache) must leave nothing else on stdout. DeepSpeed's import-time warning once did, and the quickstart's
     "before" answers were then empty (generate got two lines as its folder)."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
 
-    env = dict(os.environ, TUNELAUNCH_CACHE=str(tmp_path / "cache"))
+    env = cli_env(TUNELAUNCH_CACHE=str(tmp_path / "cache"))
     done = subprocess.run([sys.executable, "-m", "launcher.embedded", name], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

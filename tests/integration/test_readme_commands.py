@@ -2,7 +2,7 @@
 `generate` on the finished run (the CLI, not its library function)."""
 import json
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 
 def test_train_m_sweep_runs_every_trial_and_generate_answers(tmp_path, tiny_model):

@@ -2,15 +2,14 @@
 checked for what the line promises."""
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, cli_env
+
 
 
 def methods_block() -> list[str]:
@@ -33,7 +32,7 @@ def finished(run: Path) -> bool:
 def test_the_methods_block_runs_as_written(tmp_path):
     lines = methods_block()
     assert len(lines) == 6 and all(line.startswith(("tunelaunch ", "printf ")) for line in lines)
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    env = cli_env()
     outputs = []
     for line in lines:
         done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -2,15 +2,14 @@
 checked for what the line promises: GRPO and RLOO raise the mean `format` reward (the last quarter of the run above
 the first), the user's reward function is called and weighted, and a run folder teaches the distilled student."""
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, cli_env
+
 
 
 def online_block() -> list[str]:
@@ -35,7 +34,7 @@ def test_the_online_rl_block_runs_as_written(tmp_path):
     lines = online_block()
     assert len(lines) == 4 and all(line.startswith("tunelaunch ") for line in lines)
     shutil.copytree(REPO / "examples", tmp_path / "examples")  # the README runs from the checkout
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    env = cli_env()
     for line in lines:
         done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=1200)

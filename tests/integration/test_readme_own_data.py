@@ -1,13 +1,10 @@
 """The README's "Your own data" walk, run as written: its bash block in a fresh folder (with the repository's
 samples/ beside it, as in a checkout), `tunelaunch` on the PATH as an activated venv has it."""
 import json
-import os
 import re
 import subprocess
-import sys
-from pathlib import Path
 
-from .conftest import REPO
+from tests.conftest import REPO, cli_env
 
 
 def walk_block() -> str:
@@ -20,8 +17,7 @@ def test_the_own_data_walk_runs_as_written(tmp_path):
     (tmp_path / "samples").symlink_to(REPO / "samples")
     script = tmp_path / "walk.sh"
     script.write_text("set -euo pipefail\n" + walk_block())
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-               PYTHONUNBUFFERED="1")
+    env = cli_env()
     done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-5000:]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli
 
 # A LoRA run of 4 steps that keeps checkpoint-2 and checkpoint-4; evaluation off to keep every run short.
 BASE = ("recipe=sft/chat_tiny", "peft=lora", "training.save_strategy=steps", "training.save_steps=2",

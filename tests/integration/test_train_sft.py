@@ -6,7 +6,8 @@ import yaml
 from launcher.config.autotrain import PARAMS
 from launcher.generate import from_run
 
-from .conftest import losses, run_cli
+from tests.conftest import run_cli
+from .conftest import losses
 
 PLANTED = "hf_PLANTEDtokenNEVERwrite1234567890"
 

@@ -6,7 +6,8 @@ import math
 import pytest
 import yaml
 
-from .conftest import losses, run_cli
+from tests.conftest import run_cli
+from .conftest import losses
 
 RECIPES = {"default": "default/text_tiny", "reward": "reward/pairs_tiny", "dpo": "dpo/preference_tiny",
            "orpo": "orpo/preference_chat_tiny"}

@@ -1,7 +1,7 @@
 """From the user's side: ShareGPT data and the list forms users type, through the real command line."""
 import pytest
 
-from .conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli
 
 SHAREGPT = REPO / "samples" / "sharegpt" / "train.json"
 LORA = ["recipe=sft/chat_tiny", "peft=lora"]

@@ -3,7 +3,7 @@ data.path is refused with the local path it probably meant, before any model loa
 import json
 import shutil
 
-from .conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli
 
 CHAT_FILE = REPO / "samples" / "chat" / "train.jsonl"  # 40 rows; recipe=sft/chat_tiny sets valid_split: valid
 

@@ -35,7 +35,8 @@ from typing import Iterable, Mapping
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
+
 SCRIPT = REPO / "scripts" / "slurm-cluster.sh"
 # the interpreter running the tests (the project's venv): jobs use it through srun / in their scripts
 PYTHON = sys.executable

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.conftest import PYTHON, REPO, SlurmCluster, free_port, job_fields, job_output, wait_for_job
+from tests.conftest import REPO
+from tests.slurm.conftest import PYTHON, SlurmCluster, free_port, job_fields, job_output, wait_for_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(180)]
 

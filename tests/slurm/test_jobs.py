@@ -9,7 +9,6 @@ not the batch script."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,14 +18,10 @@ from launcher import run_dir as runs
 from launcher.cluster import jobs
 from launcher.cluster.script import job_name
 from launcher.config.schema import RunConfig
+from tests.conftest import cli_env, run_cli, tunelaunch
 from tests.slurm.conftest import SlurmCluster, job_fields, sbatch, slurm, wait_for_job, wait_for_state
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
-TUNELAUNCH = str(Path(sys.executable).parent / "tunelaunch")
-
-
-def tunelaunch(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([TUNELAUNCH, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
 def make_run(folder: Path) -> Path:
@@ -51,7 +46,7 @@ def submit(run: Path, command: str, *options: str) -> str:
 
 def state(root: Path, run: Path) -> str:
     """The state cell of the run's row in `tunelaunch runs ROOT` (cut at the header's columns: it may hold spaces)."""
-    done = tunelaunch("runs", root)
+    done = run_cli("runs", root, cwd=None, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     header, *rows = done.stdout.splitlines()
     name = str(run.relative_to(root))
@@ -66,7 +61,7 @@ def test_a_running_job_shows_running_then_cancelled(slurm_cluster: SlurmCluster,
     wait_for_state(job, "RUNNING", timeout=180)
     assert state(tmp_path / "runs", run) == "RUNNING"
 
-    done = tunelaunch("cancel", run)
+    done = run_cli("cancel", run, cwd=None, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"cancelled job {job} (train, was RUNNING)" in done.stdout
     last = jobs.read(run)[-1]
@@ -77,7 +72,7 @@ def test_a_running_job_shows_running_then_cancelled(slurm_cluster: SlurmCluster,
     assert state(tmp_path / "runs", run) == "CANCELLED"
     assert runs.read_state(run)["status"] == "running"  # what the table did not believe
 
-    again = tunelaunch("cancel", run)
+    again = run_cli("cancel", run, cwd=None, timeout=120)
     assert again.returncode == 1 and "nothing to cancel" in again.stderr, again.stdout + again.stderr
     assert jobs.count(run, "cancelled") == 1
 
@@ -89,7 +84,7 @@ def test_a_job_that_exits_3_shows_failed_and_its_log(slurm_cluster: SlurmCluster
     assert (fields["JobState"], fields["ExitCode"]) == ("FAILED", "3:0")
     assert state(tmp_path / "runs", run) == "FAILED"
     assert jobs.slurm_state(job) == ("FAILED", "scontrol")
-    done = tunelaunch("logs", run)
+    done = run_cli("logs", run, cwd=None, timeout=120)
     assert (done.returncode, done.stdout) == (0, "about to fail\n"), done.stderr
     assert jobs.log_file(run) == Path(fields["StdOut"]) == run / "slurm" / f"b-{job}.out"
 
@@ -117,30 +112,30 @@ def test_held_jobs_show_pending_and_cancelling_a_sweep_cancels_them_all(slurm_cl
         wait_for_state(job, "PENDING")
     assert [state(sweep, trial) for trial in trials] == ["PENDING", "PENDING"]
     assert jobs.slurm_state(held[0]) == ("PENDING", "squeue")
-    done = tunelaunch("logs", trials[0])
+    done = run_cli("logs", trials[0], cwd=None, timeout=120)
     assert done.returncode == 1 and "no log yet" in done.stderr and "PENDING" in done.stderr, done.stderr
 
-    done = tunelaunch("cancel", sweep)
+    done = run_cli("cancel", sweep, cwd=None, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     for trial, job in zip(trials, held):
         assert f"cancelled job {job} (train, was PENDING) of {trial}" in done.stdout
         assert wait_for_job(job)["JobState"] == "CANCELLED"
         assert state(sweep, trial) == "CANCELLED"
-    assert tunelaunch("cancel", sweep).returncode == 1
+    assert run_cli("cancel", sweep, cwd=None, timeout=120).returncode == 1
 
 
 def test_logs_follow_returns_once_the_job_ended(slurm_cluster: SlurmCluster, tmp_path):
     run = make_run(tmp_path / "runs" / "c")
     job = submit(run, "echo one; sleep 6; echo two")
     wait_for_state(job, "RUNNING", timeout=180)
-    follow = subprocess.Popen([TUNELAUNCH, "logs", "-f", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    follow = subprocess.Popen(tunelaunch("logs", "-f", run), env=cli_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
     out, err = follow.communicate(timeout=120)
     assert follow.returncode == 0, err
     assert out == "one\ntwo\n", err  # "two" came 6 s later: it waited for it
     assert not slurm(["squeue", "-h", "-j", job]).stdout.strip()  # it returned because the job left the queue
     assert job_fields(job)["JobState"] == "COMPLETED"
-    assert tunelaunch("logs", run).stdout == "one\ntwo\n"
+    assert run_cli("logs", run, cwd=None, timeout=120).stdout == "one\ntwo\n"
 
 
 def test_logs_follow_keeps_following_across_a_requeue(slurm_cluster: SlurmCluster, tmp_path):
@@ -153,8 +148,8 @@ def test_logs_follow_keeps_following_across_a_requeue(slurm_cluster: SlurmCluste
     while not (log.is_file() and "start 0" in log.read_text()):
         assert time.monotonic() < deadline, "the job wrote nothing"
         time.sleep(0.2)
-    follow = subprocess.Popen([TUNELAUNCH, "logs", "-f", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    follow = subprocess.Popen(tunelaunch("logs", "-f", run), env=cli_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
     time.sleep(3)  # it has printed the first start and waits
     slurm(["scontrol", "requeue", job])
     out, err = follow.communicate(timeout=240)

@@ -6,12 +6,11 @@ import os
 import re
 import shlex
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.slurm.conftest import REPO, SlurmCluster, job_fields, job_output, wait_for_array, wait_for_job
+from tests.conftest import REPO, cli_env
+from tests.slurm.conftest import SlurmCluster, job_fields, job_output, wait_for_array, wait_for_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1800)]
 
@@ -33,8 +32,7 @@ def test_the_readme_slurm_block_runs(slurm_cluster: SlurmCluster, tmp_path):
         "tunelaunch submit", "tunelaunch submit", "tunelaunch logs", "salloc -N1", "sbatch --nodes=2",
         "tunelaunch submit", "tunelaunch runs", "tunelaunch submit", "tunelaunch cancel", "tunelaunch runs"]
     (tmp_path / "slurm").symlink_to(REPO / "slurm")  # `sbatch slurm/train.sbatch` from a working folder
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env = cli_env(**dict.fromkeys(k for k in os.environ if k.startswith("SLURM_")))  # the venv's tunelaunch on PATH
     pending = {}  # command index -> job id, waited for when the block is done
 
     def run(command: str) -> subprocess.CompletedProcess:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_cli, tunelaunch
 from tests.distributed.conftest import read_probes
 from tests.slurm.conftest import SlurmCluster, job_fields, job_output, sbatch, slurm, wait_for_job, wait_for_state
-from tests.slurm.test_submit import (TINY, TUNELAUNCH, assert_one_world_over_two_nodes, job_env, max_diff, submit,
+from tests.slurm.test_submit import (TINY, assert_one_world_over_two_nodes, job_env, max_diff, submit,
                                      submitted_id, weights)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
@@ -48,8 +49,8 @@ def stand_in(folder: Path, name: str, text: str) -> Path:
 def test_submit_from_an_salloc_shell_runs_the_cluster_it_asked_for(slurm_cluster: SlurmCluster, tmp_path):
     """`salloc -N1` sets SLURM_JOB_ID (and one node) in the shell; submit must still plan and run 2 nodes."""
     env = job_env(tmp_path / "probe")
-    command = [TUNELAUNCH, "submit", *TINY, "cluster.nodes=2", "training.max_steps=2", "project_name=from-salloc",
-               "cluster.snapshot=true"]
+    command = tunelaunch("submit", *TINY, "cluster.nodes=2", "training.max_steps=2", "project_name=from-salloc",
+                         "cluster.snapshot=true")
     done = subprocess.run(["salloc", "-N1", "-n1", "--cpus-per-task=1", *command], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -215,7 +216,7 @@ def test_a_job_over_its_memory_is_reported_out_of_memory(slurm_cluster: SlurmClu
     log = job_output(fields)
     assert fields["JobState"] == "FAILED" and fields["Restarts"] == "0", log[-3000:]
     assert "out of memory" in log and "cluster.max_failures" in log
-    table = subprocess.run([TUNELAUNCH, "runs", str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    table = run_cli("runs", tmp_path, cwd=None, check=0).stdout
     assert table.splitlines()[1].split()[:2] == ["small", "OUT_OF_MEMORY"], table
     assert [e[3] for e in events(tmp_path / "small")][-2:] == ["failed", "gave_up"]
 

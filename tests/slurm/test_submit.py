@@ -9,28 +9,27 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.distributed.conftest import cli_env, read_probes
-from tests.slurm.conftest import REPO, SlurmCluster, job_fields, job_output, sbatch, wait_for_array, wait_for_job
+from tests.conftest import REPO, run_cli, tunelaunch
+from tests.distributed.conftest import probe_env, read_probes
+from tests.slurm.conftest import SlurmCluster, job_fields, job_output, sbatch, wait_for_array, wait_for_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
-TUNELAUNCH = str(Path(sys.executable).parent / "tunelaunch")
 TINY = ("recipe=sft/chat_tiny", "training.deterministic=true")
 
 
 def job_env(probe_dir: Path | None = None) -> dict:
-    env = cli_env(probe_dir)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    """The probe's environment (this venv first on PATH), without this process's Slurm variables: a whole
+    environment, for sbatch and submit, which pass it on to the job."""
+    return probe_env(probe_dir, dict.fromkeys(k for k in os.environ if k.startswith("SLURM_")))
 
 
 def submit(cwd: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
-    done = subprocess.run([TUNELAUNCH, "submit", *args], cwd=cwd, env=env, capture_output=True, text=True,
+    done = subprocess.run(tunelaunch("submit", *args), cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
@@ -129,8 +128,7 @@ def test_submit_sweep_is_one_job_array(slurm_cluster: SlurmCluster, tmp_path):
     assert (tmp_path / "sweep" / "sweep.sbatch").is_file() and len(list((tmp_path / "sweep" / "slurm").glob("*.out"))) == 4
     assert sorted(json.loads((tmp_path / "sweep" / "trials.json").read_text())) == sorted(str(t.resolve()) for t in trials)
     assert not list(tmp_path.glob("*.sbatch")) and not (tmp_path / "slurm").exists()
-    table = subprocess.run([TUNELAUNCH, "runs", str(tmp_path / "sweep"), "--sort", "train_loss"], capture_output=True,
-                           text=True, check=True).stdout.splitlines()
+    table = run_cli("runs", tmp_path / "sweep", "--sort", "train_loss", cwd=None, check=0).stdout.splitlines()
     assert len(table) == 5
     for row in table[1:]:
         cells = row.split()

@@ -1,4 +1,4 @@
-"""What several unit-test modules share: the repository's paths, the machines plans are made for (described by
+"""What several unit-test modules share: the sample data's path, the machines plans are made for (described by
 hand: the tests plan for GPUs this machine does not have) and a plan of the tiny chat recipe."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import yaml
 from launcher.config.errors import ConfigError
 from launcher.config.schema import RunConfig
 from launcher.hardware import Hardware
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples"
 
 CPU = Hardware()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.helpers import REPO
+from tests.conftest import REPO
 
 LAUNCHER = REPO / "launcher"
 BACKEND_NAMES = {"deepspeed", "fsdp", "ddp"}

@@ -2,17 +2,16 @@
 config.yaml, on AutoTrain files whose trainer does not read a key they set, and `explain` / `recipes`.
 How long `plan` takes is measured by benchmarks/plan_time.py, not asserted here."""
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from launcher.embedded import build_tiny_llama
-from tests.unit.helpers import REPO, SAMPLES, SEED_CONFIG
+from tests.conftest import cli_env, run_cli, tunelaunch
+from tests.unit.helpers import SAMPLES, SEED_CONFIG
 
 PREFERENCE = SAMPLES / "preference"
 PLANTED_TOKEN = "hf_tlTESTplanted0d15ea5e5ecret"
@@ -34,16 +33,8 @@ def seed_config(model: Path, block_size: int, model_max_length: int) -> str:
     return edit(text, "model_max_length: 8192", f"model_max_length: {model_max_length}")
 
 
-def tunelaunch() -> list[str]:
-    script = Path(sys.executable).parent / "tunelaunch"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "launcher.cli"]
-
-
-def cli_env() -> dict:
-    # PYTHONPATH: the subprocess runs this checkout's code, whichever checkout the venv was installed from.
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return dict(os.environ, HF_TOKEN=PLANTED_TOKEN, HF_USERNAME=PLANTED_USER, PYTHONUNBUFFERED="1",
-                PYTHONPATH=path)
+# planted credentials: the tests below check that the token never reaches the output or the run folder
+PLANTED_ENV = {"HF_TOKEN": PLANTED_TOKEN, "HF_USERNAME": PLANTED_USER}
 
 
 class Run:
@@ -51,7 +42,7 @@ class Run:
 
     def __init__(self, args, cwd: Path):
         self.cwd = cwd
-        self._process = subprocess.Popen([*tunelaunch(), *args], cwd=cwd, env=cli_env(), text=True,
+        self._process = subprocess.Popen(tunelaunch(*args), cwd=cwd, env=cli_env(**PLANTED_ENV), text=True,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._done = None
 
@@ -134,8 +125,7 @@ def test_block_size_above_model_max_length_fails_fast_with_the_users_keys(runs):
 
 
 def test_explain_prints_the_docstring(tmp_path):
-    out = subprocess.run([*tunelaunch(), "explain", "training.lr"], cwd=tmp_path, env=cli_env(),
-                         capture_output=True, text=True, timeout=60)
+    out = run_cli("explain", "training.lr", cwd=tmp_path, env=PLANTED_ENV, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("training.lr  (a number, default 3.0e-05)")
     assert "Peak learning rate. [lr]" in out.stdout
@@ -143,15 +133,13 @@ def test_explain_prints_the_docstring(tmp_path):
 
 
 def test_explain_unknown_key_fails(tmp_path):
-    out = subprocess.run([*tunelaunch(), "explain", "training.nosuch"], cwd=tmp_path, env=cli_env(),
-                         capture_output=True, text=True, timeout=60)
+    out = run_cli("explain", "training.nosuch", cwd=tmp_path, env=PLANTED_ENV, timeout=60)
     assert out.returncode == 2
     assert "training.nosuch" in out.stderr
 
 
 def test_recipes_lists_chat_tiny(tmp_path):
-    out = subprocess.run([*tunelaunch(), "recipes"], cwd=tmp_path, env=cli_env(),
-                         capture_output=True, text=True, timeout=60)
+    out = run_cli("recipes", cwd=tmp_path, env=PLANTED_ENV, timeout=60)
     assert out.returncode == 0, out.stderr
     names = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
     assert "sft/chat_tiny" in names

@@ -1,17 +1,14 @@
 """Messages that point the right way, from the user's side of the real console script: another tool's config
 file is named as such, a name from elsewhere gets our key, a bad value is called a value, and each problem names
 the layer (and line) to edit."""
-import subprocess
-
 import yaml
 
+from tests.conftest import run_cli
 from tests.unit.config.foreign_configs import AXOLOTL, LLAMA_FACTORY
-from tests.unit.test_cli import cli_env, tunelaunch
 
 
 def run(tmp_path, *args):
-    out = subprocess.run([*tunelaunch(), *args], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
-                         timeout=120)
+    out = run_cli(*args, cwd=tmp_path, timeout=120)
     return out.returncode, out.stdout, out.stderr
 
 

@@ -7,22 +7,17 @@ import pytest
 
 from launcher import __version__
 from launcher.cli import build_parser
-from tests.unit.helpers import REPO
-from tests.unit.test_cli import tunelaunch
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*tunelaunch(), *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+from tests.conftest import REPO, cli_env, run_cli, tunelaunch
 
 
 def test_version():
-    out = run("--version")
+    out = run_cli("--version", cwd=REPO, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == f"tunelaunch {__version__}"
 
 
 @pytest.mark.parametrize("args", [("--verbose", "recipes"), ("recipes", "--verbose")])
 def test_verbose_before_or_after_the_subcommand(args):
-    out = run(*args)
+    out = run_cli(*args, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "sft/chat_tiny" in out.stdout
 
@@ -35,8 +30,8 @@ def test_verbose_before_the_subcommand_reaches_it():
 def test_a_pipe_closed_early_ends_without_a_traceback():
     """`tunelaunch plan ... | head -1`: the reader is gone before the plan is printed (closed at once here, so that
     every write meets the closed pipe, whatever the pipe's buffer would have held)."""
-    proc = subprocess.Popen([*tunelaunch(), "plan", "recipe=sft/chat_tiny"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(tunelaunch("plan", "recipe=sft/chat_tiny"), cwd=REPO, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdout.close()  # as head does once it has its lines
     err = proc.stderr.read()
     proc.wait(timeout=300)
@@ -45,7 +40,7 @@ def test_a_pipe_closed_early_ends_without_a_traceback():
 
 
 def test_runs_on_a_missing_folder_says_so(tmp_path):
-    out = run("runs", str(tmp_path / "nope"))
+    out = run_cli("runs", str(tmp_path / "nope"), cwd=REPO, timeout=300)
     assert out.returncode == 1
     assert out.stderr.strip() == f"{tmp_path / 'nope'}: no such folder"
 
@@ -59,7 +54,8 @@ def test_every_positional_argument_has_help():
 
 
 def test_plan_prints_the_decisions_and_the_whole_configuration_only_when_asked():
-    short, full = run("plan", "recipe=sft/chat_tiny"), run("plan", "--show-config", "recipe=sft/chat_tiny")
+    short = run_cli("plan", "recipe=sft/chat_tiny", cwd=REPO, timeout=300)
+    full = run_cli("plan", "--show-config", "recipe=sft/chat_tiny", cwd=REPO, timeout=300)
     assert short.returncode == full.returncode == 0, short.stderr + full.stderr
     for out in (short.stdout, full.stdout):
         assert "Plan (valid):" in out and "Launch command:" in out
@@ -69,10 +65,13 @@ def test_plan_prints_the_decisions_and_the_whole_configuration_only_when_asked()
 
 
 def test_evaluation_every_save_steps_is_stated_and_eval_steps_sets_it():
-    stated = run("plan", "recipe=sft/chat_tiny", "training.eval_strategy=steps", "training.save_steps=7")
+    stated = run_cli("plan", "recipe=sft/chat_tiny", "training.eval_strategy=steps", "training.save_steps=7",
+                     cwd=REPO, timeout=300)
     assert stated.returncode == 0, stated.stderr
     assert "evaluation: every 7 steps (training.eval_steps null -> training.save_steps" in stated.stdout
-    own = run("plan", "recipe=sft/chat_tiny", "training.eval_strategy=steps", "training.eval_steps=3")
+    own = run_cli("plan", "recipe=sft/chat_tiny", "training.eval_strategy=steps", "training.eval_steps=3",
+                  cwd=REPO, timeout=300)
     assert own.returncode == 0 and "evaluation: every" not in own.stdout
-    bad = run("plan", "recipe=sft/chat_tiny", "training.eval_strategy=steps", "training.eval_steps=0")
+    bad = run_cli("plan", "recipe=sft/chat_tiny", "training.eval_strategy=steps", "training.eval_steps=0",
+                  cwd=REPO, timeout=300)
     assert bad.returncode == 2 and "training.eval_steps" in bad.stderr and "must be greater than 0, got 0" in bad.stderr

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from launcher import embedded
-
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+from tests.unit.helpers import SAMPLES
 
 
 @pytest.fixture(scope="module")

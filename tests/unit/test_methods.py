@@ -14,7 +14,7 @@ from launcher.config.parse import walk_fields
 from launcher.config.schema import RunConfig, TrainerName
 from launcher.data import formats
 from launcher.methods import AUTOTRAIN_TASKS, METHODS, NAMES
-from tests.unit.helpers import REPO
+from tests.conftest import REPO
 
 
 def test_names_are_the_rows():

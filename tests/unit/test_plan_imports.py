@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-from tests.unit.helpers import REPO
 
 HEAVY = ("torch", "trl", "peft", "datasets", "accelerate", "deepspeed", "transformers.training_args",
          "transformers.modeling_utils")

@@ -2,11 +2,10 @@
 shaped file, or a conversation the chat template refuses, is one error naming the input and the fix, exit 2 - not
 a Jinja traceback after the weights loaded."""
 import json
-import subprocess
 
 import pytest
 
-from tests.unit.test_cli import cli_env, tunelaunch
+from tests.conftest import run_cli
 
 # A template that refuses system turns, as some models' templates do.
 NO_SYSTEM = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
@@ -61,14 +60,9 @@ def test_role_content_and_sharegpt_turns_become_the_conversation(tmp_path, turns
                                                           {"role": "user", "content": "hi"}]
 
 
-def cli(tmp_path, *args, stdin=""):
-    return subprocess.run([*tunelaunch(), *args], cwd=tmp_path, env=cli_env(), input=stdin, capture_output=True,
-                          text=True, timeout=300)
-
-
 def test_generate_refuses_a_bad_file_before_the_run_folder_is_even_looked_at(tmp_path):
     bad = write(tmp_path, {"messages": [{"role": "user", "content": "hi"}]})
-    done = cli(tmp_path, "generate", str(tmp_path / "no-such-run"), "--messages", str(bad))
+    done = run_cli("generate", str(tmp_path / "no-such-run"), "--messages", str(bad), cwd=tmp_path, timeout=300)
     assert done.returncode == 2, done.stderr
     assert f"--messages {bad}: " in done.stderr and '"role": "user"' in done.stderr
     assert "no-such-run" not in done.stderr and "Traceback" not in done.stderr
@@ -83,14 +77,14 @@ def tiny() -> str:
 
 def test_generate_refuses_a_conversation_ending_with_the_assistant(tmp_path, tiny):
     path = write(tmp_path, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
-    done = cli(tmp_path, "generate", tiny, "--messages", str(path), "--max-new-tokens", "2")
+    done = run_cli("generate", tiny, "--messages", str(path), "--max-new-tokens", "2", cwd=tmp_path, timeout=300)
     assert done.returncode == 2 and "end the list with the user turn" in done.stderr, done.stdout + done.stderr
 
 
 def test_generate_refuses_what_the_template_cannot_render_before_the_weights_load(tmp_path, tiny):
     template = write(tmp_path, NO_SYSTEM, "no_system.jinja")
     path = write(tmp_path, [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
-    done = cli(tmp_path, "generate", tiny, "--template", str(template), "--messages", str(path))
+    done = run_cli("generate", tiny, "--template", str(template), "--messages", str(path), cwd=tmp_path, timeout=300)
     assert done.returncode == 2, done.stderr
     assert f"--messages {path}: the model's chat template cannot render it (System role not supported)" in done.stderr
     assert "Loading weights" not in done.stderr and "Traceback" not in done.stderr
@@ -98,7 +92,8 @@ def test_generate_refuses_what_the_template_cannot_render_before_the_weights_loa
 
 def test_chat_refuses_a_system_message_the_template_cannot_render(tmp_path, tiny):
     template = write(tmp_path, NO_SYSTEM, "no_system.jinja")
-    done = cli(tmp_path, "chat", tiny, "--template", str(template), "--system", "be brief", stdin="hi\n")
+    done = run_cli("chat", tiny, "--template", str(template), "--system", "be brief", cwd=tmp_path, input="hi\n",
+                   timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "--system: the model's chat template cannot render it (System role not supported)" in done.stderr
     assert "Loading weights" not in done.stderr

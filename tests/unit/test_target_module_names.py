@@ -3,13 +3,12 @@ skeleton built on the meta device from a local config.json, or one the hub cache
 name is refused before anything loads, with a did-you-mean and the model's linear layers; a model whose
 config.json is not on this machine gets a note that the names are checked when it loads."""
 import json
-import subprocess
 
 import pytest
 
 from launcher.distributed import memory
+from tests.conftest import run_cli
 from tests.unit.helpers import plan, problems
-from tests.unit.test_cli import cli_env, tunelaunch
 
 LINEAR = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head"
 
@@ -74,19 +73,16 @@ def test_a_model_in_the_hub_cache_is_checked_offline_from_the_cli(tmp_path):
 
     config = json.loads((build_tiny_llama() / "config.json").read_text())
     fake_hub_cache(tmp_path / "hub", "someorg/cached-llama", config)
-    env = dict(cli_env(), HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
-    done = subprocess.run([*tunelaunch(), "plan", "recipe=sft/chat_tiny", f"project_name={tmp_path / 'run'}",
-                           "model.name_or_path=someorg/cached-llama", "peft=lora",
-                           "peft.target_modules='q_prj,v_proj'"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = run_cli("plan", "recipe=sft/chat_tiny", f"project_name={tmp_path / 'run'}",
+                   "model.name_or_path=someorg/cached-llama", "peft=lora", "peft.target_modules='q_prj,v_proj'",
+                   cwd=tmp_path, env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "peft.target_modules" in done.stderr and "did you mean q_proj?" in done.stderr, done.stderr
 
 
 def test_plan_refuses_a_misspelt_target_from_the_cli(tmp_path):
-    done = subprocess.run([*tunelaunch(), "plan", "recipe=sft/chat_tiny", f"project_name={tmp_path / 'run'}",
-                           "peft=lora", "peft.target_modules='q_prj,v_proj'"],
-                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    done = run_cli("plan", "recipe=sft/chat_tiny", f"project_name={tmp_path / 'run'}", "peft=lora",
+                   "peft.target_modules='q_prj,v_proj'", cwd=tmp_path, timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "'q_prj' matches no module" in done.stderr and "did you mean q_proj?" in done.stderr
     assert "'v_proj'" not in done.stderr

@@ -1,13 +1,11 @@
 """A Slurm job gets no GPU unless it asks: `plan` warns when cluster=slurm asks for none without saying CPU nodes
 are meant (cluster.gpus_per_node=0), or asks through cluster.gres while gpus_per_node, which the plan reads, is
 unset."""
-import subprocess
-
 import pytest
 
 from launcher.planning import make_plan
+from tests.conftest import run_cli
 from tests.unit.cluster.test_script import no_slurm_env
-from tests.unit.test_cli import cli_env, tunelaunch
 
 
 @pytest.fixture(autouse=True)
@@ -48,9 +46,7 @@ def test_the_warning_says_what_sinfo_knows_of_the_partition():
 
 
 def test_the_warning_reaches_the_user(tmp_path):
-    env = {**no_slurm_env(), **{k: v for k, v in cli_env().items() if k in ("PYTHONPATH", "PYTHONUNBUFFERED")}}
-    done = subprocess.run([*tunelaunch(), "plan", "recipe=sft/chat_tiny", "cluster=slurm", "cluster.partition=gpu",
-                           f"project_name={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = run_cli("plan", "recipe=sft/chat_tiny", "cluster=slurm", "cluster.partition=gpu",
+                   f"project_name={tmp_path / 'run'}", cwd=tmp_path, env=no_slurm_env(), timeout=300)
     assert done.returncode == 0, done.stderr
     assert "cluster: warning: no GPUs requested" in done.stdout

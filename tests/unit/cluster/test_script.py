@@ -7,22 +7,22 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from launcher.cluster import script, submit as door
 from launcher.config.errors import ConfigError
 from launcher.planning import make_plan
+from tests.conftest import REPO, run_cli
 
-REPO = Path(__file__).resolve().parents[3]
-TUNELAUNCH = str(Path(sys.executable).parent / "tunelaunch")
 GPU_NODES = ("cluster.nodes=2", "cluster.gpus_per_node=8", "cluster.cpus_per_task=64", "cluster.mem=900G")
 
 
 def no_slurm_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TUNELAUNCH_SLURM"))}
-    return {**env, **extra}
+    """Variables for cli_env() / run_cli(env=...): this process's Slurm variables removed (the tests may run inside
+    a job), then `extra`."""
+    unset = {k: None for k in os.environ if k.startswith(("SLURM_", "TUNELAUNCH_SLURM"))}
+    return {**unset, **extra}
 
 
 def slurm_plan(tmp_path, *overrides):
@@ -31,8 +31,7 @@ def slurm_plan(tmp_path, *overrides):
 
 
 def submit(tmp_path, *args, env=None):
-    return subprocess.run([TUNELAUNCH, "submit", *args], cwd=tmp_path, capture_output=True, text=True,
-                          env=env or no_slurm_env(), timeout=300)
+    return run_cli("submit", *args, cwd=tmp_path, env=env or no_slurm_env(), timeout=300)
 
 
 def sbatch_lines(text: str) -> list[str]:
@@ -199,14 +198,13 @@ def test_submitting_from_inside_an_allocation_plans_the_cluster_asked_for(tmp_pa
 
 
 def test_the_batch_step_plans_from_its_allocation(tmp_path):
-    env = no_slurm_env(SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="2", SLURM_CPUS_PER_TASK="3",
-                       SLURM_MEM_PER_NODE="2048", SLURM_JOB_PARTITION="debug", TUNELAUNCH_SLURM_BATCH="4242")
-    os.environ.update(env)
+    allocation = dict(SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="2", SLURM_CPUS_PER_TASK="3",
+                      SLURM_MEM_PER_NODE="2048", SLURM_JOB_PARTITION="debug", TUNELAUNCH_SLURM_BATCH="4242")
+    os.environ.update(allocation)
     try:
         plan = slurm_plan(tmp_path, "cluster.nodes=1")
     finally:
-        for k in ("SLURM_JOB_ID", "SLURM_JOB_NUM_NODES", "SLURM_CPUS_PER_TASK", "SLURM_MEM_PER_NODE",
-                  "SLURM_JOB_PARTITION", "TUNELAUNCH_SLURM_BATCH"):
+        for k in allocation:
             os.environ.pop(k, None)
     c = plan.cfg.cluster
     assert (c.nodes, c.cpus_per_task, c.mem, c.partition) == (2, 3, "2048M", "debug")
@@ -276,17 +274,16 @@ def test_one_bad_trial_submits_no_trial(tmp_path):
 
 def test_train_refuses_a_slurm_run_outside_its_batch_step(tmp_path):
     for env in (no_slurm_env(), no_slurm_env(SLURM_JOB_ID="77", SLURM_JOB_NUM_NODES="1")):  # plain, or in salloc
-        done = subprocess.run([TUNELAUNCH, "train", "recipe=sft/chat_tiny", "cluster=slurm", "project_name=r"],
-                              cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+        done = run_cli("train", "recipe=sft/chat_tiny", "cluster=slurm", "project_name=r", cwd=tmp_path, env=env,
+                       timeout=300)
         assert done.returncode == 2 and "tunelaunch submit" in done.stderr
         assert not (tmp_path / "r").exists()
 
 
 def test_plan_shows_what_each_node_of_the_job_runs(tmp_path):
     """Not the local rendezvous (127.0.0.1:29500), which a Slurm job never uses: the job's first host and port."""
-    done = subprocess.run([TUNELAUNCH, "plan", "recipe=sft/chat_tiny", "cluster=slurm", "cluster.nodes=2",
-                           "project_name=r"], cwd=tmp_path, capture_output=True, text=True, env=no_slurm_env(),
-                          timeout=300)
+    done = run_cli("plan", "recipe=sft/chat_tiny", "cluster=slurm", "cluster.nodes=2", "project_name=r", cwd=tmp_path,
+                   env=no_slurm_env(), timeout=300)
     assert done.returncode == 0, done.stderr
     nodes = [line for line in done.stdout.splitlines() if line.startswith("  node ")]
     assert len(nodes) == 2 and all("<first host of the allocation>" in n for n in nodes)

@@ -10,6 +10,7 @@ import pytest
 
 from launcher.cluster import resources, script, submit as door
 from launcher.config.schema import RunConfig
+from tests.conftest import cli_env
 from tests.unit.cluster.test_script import no_slurm_env, submit
 
 
@@ -71,8 +72,8 @@ def test_the_server_waits_fail_the_job_with_a_clear_line(tmp_path):
         (fake / name).chmod(0o755)
     program = f'record() {{ echo "RECORD $*"; }}\nsignal=""\n{block}\necho TRAINING'
     done = subprocess.run(["bash", "-c", program], capture_output=True, text=True, timeout=60,
-                          env=no_slurm_env(PATH=f"{fake}:/usr/bin:/bin", SLURM_JOB_ID="42",
-                                           SLURM_JOB_NODELIST="n[1-3]"))
+                          env=cli_env(**no_slurm_env(PATH=f"{fake}:/usr/bin:/bin", SLURM_JOB_ID="42",
+                                                     SLURM_JOB_NODELIST="n[1-3]")))
     assert done.returncode == 1 and "TRAINING" not in done.stdout
     assert "RECORD failed the vLLM server on n3 exited before it answered" in done.stdout
     assert "-42-vllm0.out" in done.stderr

@@ -11,8 +11,6 @@ import json
 import os
 import shlex
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,8 @@ from launcher.hardware import Hardware
 from launcher.report import render_plan
 from launcher.resolve import resolve
 from launcher.run_dir import read_config, write_config
-from tests.unit.helpers import CPU, H100x8, REPO, plan, problems, valid_cfg
+from tests.conftest import run_cli
+from tests.unit.helpers import CPU, H100x8, plan, problems, valid_cfg
 
 
 def resolved(hw: Hardware = CPU, **distributed):
@@ -306,11 +305,8 @@ def test_fsdp_without_a_gpu_is_planned_over_gloo(tmp_path):
 
 
 def test_fsdp_without_a_gpu_is_planned_by_the_cli(tmp_path):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join(
-        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    out = subprocess.run([sys.executable, "-m", "launcher.cli", "plan", "recipe=sft/chat_tiny",
-                          f"project_name={tmp_path / 'run'}", "distributed=fsdp", "distributed.num_processes=2"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = run_cli("plan", "recipe=sft/chat_tiny", f"project_name={tmp_path / 'run'}", "distributed=fsdp",
+                  "distributed.num_processes=2", cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": ""}, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "needs GPUs" not in out.stdout + out.stderr
     assert not (tmp_path / "run").exists()  # plan writes nothing

@@ -7,7 +7,7 @@ import pytest
 from launcher.config.schema import RunConfig
 from launcher.rl.rewards import check_rewards, reward_functions
 from launcher.rl.tools import check_tools, tool_functions
-from tests.unit.helpers import REPO
+from tests.conftest import REPO, cli_env
 
 
 def config(*rewards, **trainer) -> RunConfig:
@@ -259,7 +259,7 @@ def test_the_checks_import_no_training_library(tmp_path):
             "problems = check_rewards(cfg, [{'prompt': 'q', 'answer': '4'}], False)\n"
             "print(problems, [m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                         env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+                         env=cli_env())
     assert out.stdout.strip() == "[] []", out.stderr[-2000:]
 
 
