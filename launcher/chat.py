@@ -5,6 +5,10 @@ Lines are read from stdin, so a conversation can be typed or piped. On a termina
 notes go to stderr; piped, stdout holds the replies only, one after the other, each ending with a newline.
 Runs trained without a chat template (`chat_template: none`) hold one running text instead: the system message,
 then every line typed and every reply, joined by newlines, which the model continues.
+
+--tools FILE puts the functions' schemas into every prompt as training rendered a row's tools. A reply's reasoning
+(a `<think>` block it starts with) is hidden unless --show-reasoning, and is not kept in the conversation: each
+earlier reply is given back to the model without its reasoning.
 """
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ from typing import Callable, Optional, TextIO
 from jinja2 import TemplateError
 from transformers import TextStreamer
 
+from launcher.data.reasoning import CLOSE, OPEN, split_reasoning
 from launcher.generate import Generator
-from launcher.prompt_inputs import PromptInputError, check_renders
+from launcher.prompt_inputs import PromptInputError, check_renders, read_tools_file
 
 PROMPT = "you> "
 HELP = """commands:
@@ -38,6 +43,10 @@ class Conversation:
     system: Optional[str] = None
     turns: list[dict] = field(default_factory=list)
     """The exchanges so far: user and assistant messages, alternating."""
+    tools: Optional[list[dict]] = None
+    """The functions' JSON schemas rendered into every prompt (a --tools file)."""
+    show_reasoning: bool = False
+    """Whether a reply's `<think>` block is shown as it is written."""
 
     def reset(self) -> None:
         self.turns.clear()
@@ -48,7 +57,7 @@ class Conversation:
         turns = [*self.turns, {"role": "user", "content": user}]
         if self.gen.chat:
             system = [{"role": "system", "content": self.system}] if self.system else []
-            return self.gen.prompt_ids(messages=system + turns)
+            return self.gen.prompt_ids(messages=system + turns, tools=self.tools)
         lines = ([self.system] if self.system else []) + [t["content"] for t in turns]
         return self.gen.prompt_ids(text="\n".join(lines))
 
@@ -71,20 +80,36 @@ class Conversation:
                temperature: float) -> str:
         """Answer a message (given as its `fitted_prompt`), streaming the reply to `out`; the exchange joins the
         conversation once the reply is complete, so a reply stopped by ctrl-C leaves the conversation as it was."""
-        reply = self.gen.reply(prompt_ids, max_new_tokens, temperature, streamer=Echo(self.gen.tokenizer, out))
+        echo = Echo(self.gen.tokenizer, out, hide_reasoning=not self.show_reasoning)
+        reply = split_reasoning(self.gen.reply(prompt_ids, max_new_tokens, temperature, streamer=echo))[1]
         self.turns += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
         return reply
 
 
 class Echo(TextStreamer):
     """Writes the reply to `out` as it is generated, without the prompt, the special tokens or the whitespace
-    around the reply, so what is shown is exactly the reply the conversation keeps, then a newline."""
+    around the reply, so what is shown is exactly the reply the conversation keeps, then a newline.
+    hide_reasoning: a `<think>` block the reply starts with is not written (held until its `</think>`)."""
 
-    def __init__(self, tokenizer, out: TextIO):
+    def __init__(self, tokenizer, out: TextIO, hide_reasoning: bool = False):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.out, self.held, self.started = out, "", False
+        self.thinking = "" if hide_reasoning else None
+        """The reply so far while it may still be reasoning; None once the reply itself is being written."""
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if self.thinking is not None:
+            self.thinking += text
+            head = self.thinking.lstrip()
+            if CLOSE in head:
+                text, self.thinking = head.partition(CLOSE)[2], None
+            elif head.startswith(OPEN) or (OPEN.startswith(head) and not stream_end):
+                if stream_end:  # the reply ran out while reasoning: an empty reply, still ended by its newline
+                    self.out.write("\n")
+                    self.out.flush()
+                return  # reasoning (or what may yet become its opening tag): not shown
+            else:
+                text, self.thinking = self.thinking, None
         text = self.held + text
         body = text.rstrip()
         self.held = text[len(body):]  # trailing whitespace waits until more text follows it
@@ -143,7 +168,8 @@ def converse(conv: Conversation, read: Callable[[], Optional[str]], out: TextIO,
 
 
 def main(target: str, template: Optional[str] = None, system: Optional[str] = None, max_new_tokens: int = 256,
-         temperature: float = 0.0, show_prompt: bool = False) -> int:
+         temperature: float = 0.0, show_prompt: bool = False, tools_file: Optional[str] = None,
+         show_reasoning: bool = False) -> int:
     from launcher import generate
     from launcher.config.errors import EXIT_CONFIG
 
@@ -155,8 +181,9 @@ def main(target: str, template: Optional[str] = None, system: Optional[str] = No
               "template", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        if system:
-            _check_system(target, template, system)
+        tools = read_tools_file(tools_file) if tools_file else None
+        if system or tools:
+            _check_system(target, template, system, tools)
         gen = generate.load(target, template)
     except (FileNotFoundError, PromptInputError) as error:
         print(error, file=sys.stderr)
@@ -173,19 +200,25 @@ def main(target: str, template: Optional[str] = None, system: Optional[str] = No
         read = _terminal_line
     else:
         read = lambda: sys.stdin.readline() or None  # noqa: E731
-    return converse(Conversation(gen, system), read, sys.stdout, sys.stderr, max_new_tokens, temperature,
-                    show_prompt)
+    return converse(Conversation(gen, system, tools=tools, show_reasoning=show_reasoning), read, sys.stdout,
+                    sys.stderr, max_new_tokens, temperature, show_prompt)
 
 
-def _check_system(target: str, template: Optional[str], system: str) -> None:
-    """--system must be a message the run's chat template renders (some refuse a system turn): said now, not at
-    every line typed once the model has loaded."""
+def _check_system(target: str, template: Optional[str], system: Optional[str],
+                  tools: Optional[list[dict]] = None) -> None:
+    """--system must be a message the run's chat template renders (some refuse a system turn), and --tools tools
+    it renders: said now, not at every line typed once the model has loaded."""
     from launcher.generate import load_tokenizer
 
     tokenizer, chat = load_tokenizer(target, template)
-    if chat:
-        check_renders(tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": "Hello"}],
-                      "--system")
+    if not chat:
+        if tools:
+            raise PromptInputError(f"--tools: {target} is prompted with plain text (no chat template), which has no "
+                                   "place for tools")
+        return
+    opening = [{"role": "system", "content": system}] if system else []
+    what = " with ".join(option for option, given in (("--system", system), ("--tools", tools)) if given)
+    check_renders(tokenizer, [*opening, {"role": "user", "content": "Hello"}], what, tools)
 
 
 def _terminal_line() -> Optional[str]:

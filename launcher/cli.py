@@ -214,10 +214,11 @@ def cmd_explain(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from launcher.prompt_inputs import PromptInputError, read_messages_file
+    from launcher.prompt_inputs import PromptInputError, read_messages_file, read_tools_file
 
-    try:  # the file first: a wrong one is refused before anything loads, even torch
+    try:  # the files first: a wrong one is refused before anything loads, even torch
         messages = read_messages_file(args.messages) if args.messages else None
+        tools = read_tools_file(args.tools) if args.tools else None
     except PromptInputError as err:
         print(err, file=sys.stderr)
         return EXIT_CONFIG
@@ -225,10 +226,15 @@ def cmd_generate(args) -> int:
     from launcher.prompt_inputs import check_renders
 
     try:
-        if messages is not None:
+        if messages is not None or tools:
             tokenizer, chat = generate.load_tokenizer(args.target, args.template)
             if chat:
-                check_renders(tokenizer, messages, f"--messages {args.messages}")
+                what = f"--messages {args.messages}" if messages is not None else "--prompt"
+                check_renders(tokenizer, messages or [{"role": "user", "content": args.prompt}], what, tools)
+            elif tools:
+                raise PromptInputError(f"--tools {args.tools}: {args.target} was trained without a chat template, "
+                                       "so there is no tool rendering to prompt with: tools need a run trained "
+                                       "with one (data.chat_template chatml, zephyr or the tokenizer's)")
         gen = generate.load(args.target, args.template)
     except (FileNotFoundError, PromptInputError) as err:
         print(err, file=sys.stderr)
@@ -237,14 +243,15 @@ def cmd_generate(args) -> int:
         print("--input goes with --prompt on a run trained with a chat template (Alpaca data)", file=sys.stderr)
         return EXIT_CONFIG
     print(gen.complete(messages=messages, text=args.prompt, input_text=args.input_text,
-                       max_new_tokens=args.max_new_tokens))
+                       max_new_tokens=args.max_new_tokens, tools=tools, show_reasoning=args.show_reasoning))
     return 0
 
 
 def cmd_chat(args) -> int:
     from launcher.chat import main as chat
 
-    return chat(args.target, args.template, args.system, args.max_new_tokens, args.temperature, args.show_prompt)
+    return chat(args.target, args.template, args.system, args.max_new_tokens, args.temperature, args.show_prompt,
+                tools_file=args.tools, show_reasoning=args.show_reasoning)
 
 
 def cmd_merge(args) -> int:
@@ -394,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Alpaca-style runs: the input that goes with the instruction given as --prompt")
     gen.add_argument("--template", default="tokenizer", help="chat template for a plain model folder")
     gen.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default 64)")
+    gen.add_argument("--tools", metavar="FILE", help="a JSON file listing the functions' JSON schemas, rendered "
+                     "into the prompt as a training row's `tools` column was")
+    gen.add_argument("--show-reasoning", action="store_true",
+                     help="print the reply's reasoning (its <think> block) too; hidden by default")
     gen.set_defaults(func=cmd_generate)
     chat = sub.add_parser("chat", help="a conversation with a trained run, prompted with its training template")
     chat.add_argument("target", help="a run folder, or a model folder")
@@ -402,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          "own, else none)")
     chat.add_argument("--max-new-tokens", type=int, default=256, help="longest reply (default 256)")
     chat.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampling")
+    chat.add_argument("--tools", metavar="FILE", help="a JSON file listing the functions' JSON schemas the model "
+                      "may call (rendered as in training)")
+    chat.add_argument("--show-reasoning", action="store_true",
+                      help="print each reply's reasoning (its <think> block) too; hidden by default")
     chat.add_argument("--show-prompt", action="store_true",
                       help="print each prompt as the model gets it, special tokens included (on stderr)")
     chat.set_defaults(func=cmd_chat)

@@ -1,5 +1,6 @@
 """Prompt a trained run (or a base model) exactly the way it was trained: the run folder's tokenizer carries
-the chat template used in training, and generation stops at that template's end-of-turn token."""
+the chat template used in training (tools rendered as in training), and generation stops at that template's
+end-of-turn token. A reply's reasoning (its `<think>` block) is hidden unless asked for."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from launcher.data.reasoning import shown_reply
 from launcher.data.templates import alpaca_messages, get_template, stop_tokens
 from launcher.run_dir import model_source, read_config
 
@@ -22,22 +24,26 @@ class Generator:
     """The folder the weights came from (a run's latest checkpoint while it has no final model)."""
 
     def prompt_ids(self, messages: list[dict] | None = None, text: str | None = None,
-                   input_text: str | None = None) -> list[int]:
+                   input_text: str | None = None, tools: list[dict] | None = None) -> list[int]:
         """The token ids fed to the model, built as training built a sample's prompt: for chat runs the
         training template with the generation prompt (an Alpaca instruction and its input become the user turn
-        as in training); for text runs the tokenizer with its special tokens, as the sample's text was."""
+        as in training; `tools`, the functions' schemas, rendered as a row's tools column was); for text runs
+        the tokenizer with its special tokens, as the sample's text was."""
         if self.chat:
             if messages is None:
                 messages = alpaca_messages(text, input_text or "", None)
-            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                     return_dict=True)
+            out = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
+                                                     tokenize=True, return_dict=True)
             return list(out["input_ids"])
         return list(self.tokenizer(text=text)["input_ids"])
 
     def complete(self, messages: list[dict] | None = None, text: str | None = None, max_new_tokens: int = 64,
-                 do_sample: bool = False, input_text: str | None = None) -> str:
-        return self.reply(self.prompt_ids(messages, text, input_text), max_new_tokens,
-                          temperature=1.0 if do_sample else 0.0)
+                 do_sample: bool = False, input_text: str | None = None, tools: list[dict] | None = None,
+                 show_reasoning: bool = False) -> str:
+        """The model's reply to a prompt; its reasoning (a `<think>` block) is left out unless show_reasoning."""
+        raw = self.reply(self.prompt_ids(messages, text, input_text, tools), max_new_tokens,
+                         temperature=1.0 if do_sample else 0.0)
+        return shown_reply(raw, show_reasoning)
 
     @torch.inference_mode()
     def reply(self, prompt_ids: list[int], max_new_tokens: int = 64, temperature: float = 0.0,

@@ -15,6 +15,7 @@ from launcher import methods
 from launcher.config.errors import Problem, did_you_mean
 from launcher.config.library_names import dpo_loss_types, enum_values, grpo_loss_types
 from launcher.config.schema import RunConfig
+from launcher.data import formats
 from launcher.data.templates import NAMES as TEMPLATE_NAMES
 
 Rule = Callable[[RunConfig], Iterator[Problem]]
@@ -356,7 +357,7 @@ def unused_keys(cfg: RunConfig) -> list[str]:
     if cfg.peft.merge_adapter and not cfg.peft.enabled:
         notes.append("peft.merge_adapter: ignored, there is no adapter to merge without peft.enabled=true")
     label = cfg.data.column_mapping.label_column
-    labelled = [m.name for m in methods.METHODS.values() if {"unpaired", "unpaired_messages"} & set(m.formats)]
+    labelled = [m.name for m in methods.METHODS.values() if any(formats.BY_NAME[n].unpaired for n in m.formats)]
     if label and cfg.trainer.name not in labelled:
         notes.append(f"data.column_mapping.label_column: {label} is not used by the {cfg.trainer.name} trainer "
                      f"(read by {', '.join(labelled)})")

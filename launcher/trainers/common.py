@@ -166,19 +166,20 @@ def limit_preference_lengths(trainer, cfg: RunConfig, tokenizer, cut_lengths, da
 
 
 def preference_datasets(cfg: RunConfig, data, tokenizer) -> tuple:
-    """The train and validation splits as trl's preference datasets (rows from `load.preference_row`): message
+    """The train and validation splits as trl's preference datasets (rows from the format's `trl_row`): message
     lists when a chat template is set or the data holds messages, so trl renders them with the tokenizer's template."""
     from datasets import Dataset
 
-    from launcher.data.load import is_conversational, preference_row
+    from launcher.data.formats import BY_NAME, is_conversational
 
     splits = [s for s in (data.train, data.valid) if s is not None]
     conversational = is_conversational(cfg, splits)
+    fmt = BY_NAME[data.format]
     if conversational and not tokenizer.chat_template:
         raise ValueError("the preference rows hold chat messages but the tokenizer has no chat template: set "
                          "data.chat_template (chatml, zephyr, alpaca or a Jinja file)")
 
     def dataset(split):
-        return None if split is None else Dataset.from_list([preference_row(r, conversational) for r in split.rows])
+        return None if split is None else Dataset.from_list([fmt.trl_row(r, conversational) for r in split.rows])
 
     return dataset(data.train), dataset(data.valid)

@@ -19,9 +19,11 @@ from launcher import models
 from launcher.callbacks import run_callbacks
 from launcher.config.schema import RunConfig
 from launcher.data.encode import cut_preference_pair
-from launcher.data.load import is_conversational, load_splits, unpaired_row
+from launcher.data.formats import BY_NAME, is_conversational
+from launcher.data.load import load_splits
 from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
+from launcher.methods import METHODS
 from launcher.trainers import packed_pairs
 from launcher.trainers.common import train_and_save, training_kwargs
 from launcher.trainers.dpo import reference_model
@@ -88,12 +90,14 @@ def unpaired_datasets(cfg: RunConfig, data, tokenizer) -> tuple:
 
     splits = [s for s in (data.train, data.valid) if s is not None]
     conversational = is_conversational(cfg, splits)
+    # (rows given without their format read as the trainer's first: every unpaired format gives trl one row shape)
+    fmt = BY_NAME[getattr(data, "format", None) or METHODS[cfg.trainer.name].formats[0]]
     if conversational and not tokenizer.chat_template:
         raise ValueError("the unpaired rows hold chat messages but the tokenizer has no chat template: set "
                          "data.chat_template (chatml, zephyr, alpaca or a Jinja file)")
 
     def dataset(split):
-        return None if split is None else Dataset.from_list([unpaired_row(r, conversational) for r in split.rows])
+        return None if split is None else Dataset.from_list([fmt.trl_row(r, conversational) for r in split.rows])
 
     return dataset(data.train).shuffle(seed=cfg.training.seed).flatten_indices(), dataset(data.valid)
 

@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 
 from launcher.cluster.script import VLLM_URL_VARIABLE  # set by the batch script that started the vLLM server
 from launcher.config.schema import RunConfig
-from launcher.data.load import is_conversational, prompt_row
+from launcher.data.formats import BY_NAME, is_conversational
 from launcher.distributed import runtime
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def prompt_datasets(cfg: RunConfig, data, tokenizer) -> tuple:
 
     splits = [s for s in (data.train, data.valid) if s is not None]
     conversational = is_conversational(cfg, splits)
+    fmt = BY_NAME[data.format]
     if conversational and not tokenizer.chat_template:
         raise ValueError("the prompts hold chat messages but the tokenizer has no chat template: set "
                          "data.chat_template (chatml, zephyr, tokenizer or a Jinja file)")
@@ -56,7 +57,7 @@ def prompt_datasets(cfg: RunConfig, data, tokenizer) -> tuple:
             return None
         rows = []
         for row in split.rows:
-            sample = prompt_row(row, conversational)
+            sample = fmt.trl_row(row, conversational)
             fitted = fit_prompt(sample["prompt"], tokenizer, cfg.data.max_prompt_length)
             cut += fitted is not sample["prompt"]
             rows.append({**sample, "prompt": fitted})

@@ -103,3 +103,135 @@ def test_generate_stops_at_the_end_of_turn_of_the_saved_template(tiny, tmp_path)
     assert gen.tokenizer.convert_tokens_to_ids("<|im_end|>") in gen.stop_ids
     config = json.loads((tmp_path / "run" / "tokenizer_config.json").read_text())
     assert "<|im_end|>" in json.dumps(config) or (tmp_path / "run" / "chat_template.jinja").is_file()
+
+
+# ---- tool-calling chats: the prompt holds the tools and the earlier calls and results as training rendered them
+
+def tool_turns(row) -> list[int]:
+    """Where each assistant turn of a tool-calling row starts (the prompts `generate` is given for it)."""
+    return [i for i, m in enumerate(row["messages"]) if m["role"] == "assistant"]
+
+
+@pytest.mark.parametrize("template", ["chatml", "zephyr"])
+def test_tool_chat_prompts_are_the_training_rendering_up_to_each_assistant_turn(tiny, tmp_path, template):
+    from launcher.data.templates import render
+
+    data, _, gen = saved_run(tiny, tmp_path, "tools", template)
+    tok = gen.tokenizer
+    special = {"bos_token": tok.bos_token, "eos_token": tok.eos_token}
+    checked = 0
+    for row in data.train.rows:
+        text, spans = render(tok.chat_template, row["messages"], special=special, tools=row["tools"])
+        full = tok(text, add_special_tokens=False)["input_ids"]
+        for turn, (start, _) in zip(tool_turns(row), spans):
+            prompt = gen.prompt_ids(messages=row["messages"][:turn], tools=row["tools"])
+            assert tok.decode(prompt) == text[:start]
+            assert prompt == full[:len(prompt)], (row["messages"][:turn], text[:start])
+            checked += row["messages"][turn - 1]["role"] == "tool"
+    assert checked >= 15  # prompts that end with a tool's result, which the model reads to answer
+
+
+def test_tool_chat_prompt_is_the_encoded_samples_prefix(tiny, tmp_path):
+    """Through the encoder the trainer uses: the tools column must reach the template in training too."""
+    data, encode, gen = saved_run(tiny, tmp_path, "tools", "chatml")
+    for row in data.train.rows[:6]:
+        first = tool_turns(row)[0]
+        assert gen.prompt_ids(messages=row["messages"][:first], tools=row["tools"]) == prompt_prefix(encode(row))
+
+
+def test_a_prompt_without_the_training_tools_does_not_match(tiny, tmp_path):
+    data, _, gen = saved_run(tiny, tmp_path, "tools", "chatml")
+    row = data.train.rows[0]
+    with_tools = gen.prompt_ids(messages=row["messages"][:1], tools=row["tools"])
+    assert gen.prompt_ids(messages=row["messages"][:1]) != with_tools
+    assert "get_weather" in gen.tokenizer.decode(with_tools)
+
+
+@pytest.mark.parametrize("template", ["chatml", "zephyr"])
+def test_every_tool_row_trains_exactly_the_assistants_calls_and_replies(tiny, tmp_path, template):
+    from launcher.data.templates import render
+
+    data, encode, gen = saved_run(tiny, tmp_path, "tools", template)
+    tok = gen.tokenizer
+    special = {"bos_token": tok.bos_token, "eos_token": tok.eos_token}
+    for row in data.train.rows:
+        text, spans = render(tok.chat_template, row["messages"], special=special, tools=row["tools"])
+        encoded = encode(row)
+        runs, current = [], []
+        for token, label in zip(encoded.input_ids, encoded.labels):
+            if label != IGNORE:
+                current.append(token)
+            elif current:
+                runs, current = runs + [current], []
+        runs += [current] if current else []
+        assert [tok.decode(r) for r in runs] == [text[a:b] for a, b in spans]
+        shown = tok.decode([t for t, label in zip(encoded.input_ids, encoded.labels) if label == IGNORE])
+        for result in (m["content"] for m in row["messages"] if m["role"] == "tool"):
+            assert f"tool\n{result}" in shown or f"tool|>\n{result}" in shown  # the result's turn: not trained
+
+
+# ---- --tools files and --show-reasoning (generate and chat)
+
+def test_a_tools_file_takes_what_a_tools_column_takes(tmp_path):
+    from launcher.prompt_inputs import PromptInputError, read_tools_file
+
+    tools = json.loads((SAMPLES / "tools" / "train.json").read_text())[0]["tools"]
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps(tools))
+    assert read_tools_file(path) == tools
+    path.write_text('[{"description": "no name"}]')
+    with pytest.raises(PromptInputError) as err:
+        read_tools_file(path)
+    assert str(err.value).startswith(f"--tools {path}: tools[0]: expected a function's JSON schema")
+
+
+def test_chat_refuses_tools_the_template_cannot_render_before_the_weights_load(tiny, tmp_path, capsys):
+    from launcher.chat import main
+
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps(json.loads((SAMPLES / "tools" / "train.json").read_text())[0]["tools"]))
+    assert main(tiny, template="alpaca", tools_file=str(path)) == 2
+    err = capsys.readouterr().err
+    assert "--tools: it holds tools or tool turns, but the chat template does not show the tools' schemas" in err
+
+
+def echoed(tokenizer, chunks: list[str], hide: bool) -> str:
+    import io
+
+    from launcher.chat import Echo
+
+    out = io.StringIO()
+    echo = Echo(tokenizer, out, hide_reasoning=hide)
+    for i, chunk in enumerate(chunks):
+        echo.on_finalized_text(chunk, stream_end=i == len(chunks) - 1)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("chunks, hidden, shown", [
+    (["<thi", "nk>\nstep", " one\n</th", "ink>\n\nThe ", "answer."], "The answer.\n",
+     "<think>\nstep one\n</think>\n\nThe answer.\n"),
+    (["The", " answer."], "The answer.\n", "The answer.\n"),
+    (["<", "b>bold</b>"], "<b>bold</b>\n", "<b>bold</b>\n"),
+    (["<think>\nno end in sight"], "\n", "<think>\nno end in sight\n"),
+])
+def test_chat_streams_the_reply_without_its_reasoning_unless_asked(tiny, chunks, hidden, shown):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    assert echoed(tokenizer, chunks, hide=True) == hidden
+    assert echoed(tokenizer, chunks, hide=False) == shown
+
+
+def test_the_command_line_refuses_tools_it_cannot_prompt_with_before_loading(tiny, tmp_path):
+    from tests.conftest import run_cli
+
+    tools = str(SAMPLES / "tools" / "weather.json")
+    done = run_cli("generate", tiny, "--template", "alpaca", "--prompt", "Weather in Oslo?", "--tools", tools,
+                   "--show-reasoning", cwd=tmp_path, check=2)
+    assert "the chat template does not show the tools' schemas" in done.stderr
+    done = run_cli("generate", tiny, "--template", "none", "--prompt", "Weather in Oslo?", "--tools", tools,
+                   cwd=tmp_path, check=2)
+    assert f"--tools {tools}: {tiny} was trained without a chat template" in done.stderr
+    (tmp_path / "bad.json").write_text('{"not": "a list"}')
+    done = run_cli("chat", tiny, "--tools", str(tmp_path / "bad.json"), cwd=tmp_path, check=2)
+    assert f"--tools {tmp_path / 'bad.json'}" in done.stderr

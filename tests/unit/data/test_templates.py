@@ -12,7 +12,8 @@ import pytest
 from launcher import models
 from launcher.config.schema import RunConfig
 from launcher.data.encode import IGNORE, EncodeError, SFTEncoder
-from launcher.data.load import check_data, conversations, effective_template
+from launcher.data.formats import BY_NAME, effective_template
+from launcher.data.load import check_data
 from launcher.data.templates import (
     ALPACA, CHATML, ZEPHYR, get_template, has_generation_markers, infer_end_of_turn, render, stop_tokens,
 )
@@ -248,7 +249,7 @@ def test_sample_formats_encode_under_each_template(tiny, tmp_path, sample, templ
             assert enc.labels == enc.input_ids
             continue
         spans = trained_spans(tok, enc)
-        replies = ([m["content"] for m in conversations(row, data.format)[0] if m["role"] == "assistant"]
+        replies = ([m["content"] for m in BY_NAME[data.format].conversations(row)[0] if m["role"] == "assistant"]
                    if name != "none" else [row["completion"]])
         assert len(spans) == len(replies)
         for span, reply in zip(spans, replies):
@@ -275,3 +276,71 @@ def test_the_chat_csv_sample_holds_stringified_lists():
     with (SAMPLES / "chat_csv" / "train.csv").open(newline="") as fh:
         cell = next(csv.DictReader(fh))["messages"]
     assert isinstance(cell, str) and json.loads(cell)[0]["role"] == "user"
+
+
+# ---- reasoning traces: rendered inside the reply's generation block; train_on_reasoning=false leaves each
+# `<think>` block (and the whitespace after it) untrained, the reply and its end-of-turn token trained
+
+from launcher.data.reasoning import shown_reply, split_reasoning, untrained_reasoning  # noqa: E402
+
+REASONING_CHAT = [{"role": "user", "content": "What is 6 x 7?"},
+                  {"role": "assistant", "content": "42.", "reasoning_content": "\n6 x 7 = 42.\n"}]
+
+
+@pytest.mark.parametrize("jinja, end", [(CHATML, "<|im_end|>"), (ZEPHYR, "</s>")])
+def test_reasoning_content_is_rendered_as_a_think_block_inside_the_trained_reply(jinja, end):
+    text, spans = render(jinja, REASONING_CHAT)
+    assert [text[a:b] for a, b in spans] == [f"<think>\n6 x 7 = 42.\n</think>\n\n42.{end}"]
+    assert [text[a:b] for a, b in untrained_reasoning(text, spans)] == [f"42.{end}"]
+    prompt, _ = render(jinja, REASONING_CHAT[:1], add_generation_prompt=True)
+    assert prompt == text[:spans[0][0]]  # the trace is the model's to write: generate's prompt stops before it
+
+
+def test_a_think_span_written_in_the_reply_trains_as_the_rendered_trace_does():
+    written = [REASONING_CHAT[0], {"role": "assistant", "content": "<think>\n6 x 7 = 42.\n</think>\n\n42."}]
+    assert render(CHATML, written) == render(CHATML, REASONING_CHAT)
+
+
+def marked_spans(marked: str) -> tuple[str, list[tuple[int, int]]]:
+    """A text whose trained spans are written in [...], as (the text, the spans)."""
+    text, spans = "", []
+    for piece in marked.split("["):
+        if "]" in piece:
+            inside, _, after = piece.partition("]")
+            spans.append((len(text), len(text) + len(inside)))
+            text += inside + after
+        else:
+            text += piece
+    return text, spans
+
+
+@pytest.mark.parametrize("marked, kept", [
+    ("[<think>a</think>\n\nreply<e>]", ["reply<e>"]),
+    ("u: <think>x</think> q\nA: [<think>a</think> r1 <think>b</think>\nr2<e>]", ["r1 ", "r2<e>"]),
+    ("A: [pre <think>a</think>post<e>]", ["pre ", "post<e>"]),
+    ("A: [<think>cut off, never closed<e>]", ["<think>cut off, never closed<e>"]),
+    ("A: [no trace<e>]", ["no trace<e>"]),
+    ("A: [<think>only</think>  ]", []),
+    ("[<think>a</think>x<e>]B: [<think>b</think>y<e>]", ["x<e>", "y<e>"]),
+    ("A: <think>[a</think>x<e>]", ["a</think>x<e>"]),  # a block that starts before the span is not in it
+])
+def test_untrained_reasoning_cuts_each_block_and_the_whitespace_after_it(marked, kept):
+    text, spans = marked_spans(marked)
+    assert [text[a:b] for a, b in untrained_reasoning(text, spans)] == kept
+
+
+@pytest.mark.parametrize("generated, parts", [
+    ("<think>\nstep one\n</think>\n\nThe answer.", ("step one", "The answer.")),
+    ("step one\n</think>\n\nThe answer.", ("step one", "The answer.")),  # the template's prompt opened the block
+    ("<think>\nstill thinking when the tokens ran out", ("still thinking when the tokens ran out", "")),
+    ("  Just the answer. ", ("", "Just the answer.")),
+])
+def test_split_reasoning(generated, parts):
+    assert split_reasoning(generated) == parts
+
+
+def test_generate_hides_the_reasoning_unless_asked():
+    generated = "<think>\nstep one\n</think>\n\nThe answer."
+    assert shown_reply(generated, show_reasoning=False) == "The answer."
+    assert shown_reply(generated, show_reasoning=True) == "<think>\nstep one\n</think>\n\nThe answer."
+    assert shown_reply("The answer.", show_reasoning=True) == "The answer."
