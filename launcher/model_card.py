@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from launcher.config.schema import RunConfig
+from launcher.data.mixture import describe as describe_data
 
 CARD = """---
 base_model: {base}
@@ -47,7 +48,7 @@ def write(folder: Path, cfg: RunConfig, metrics: dict) -> None:
     (folder / "README.md").write_text(CARD.format(
         base=cfg.model.name_or_path, library="peft" if adapter else "transformers",
         trainer=cfg.trainer.name, peft_tag=", lora" if cfg.peft.enabled else "", name=Path(cfg.project_name).name,
-        kind=metrics.get("saved", "full"), data=cfg.data.path, format=metrics.get("data_format", "?"),
+        kind=metrics.get("saved", "full"), data=describe_data(cfg), format=metrics.get("data_format", "?"),
         rows=metrics.get("train_rows", "?"), template=cfg.data.chat_template, steps=metrics.get("global_step"),
         loss=metrics.get("train_loss", float("nan")), precision=cfg.precision.mixed_precision, load=load,
         path=folder))

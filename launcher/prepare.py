@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from launcher.config.errors import EXIT_CONFIG, ConfigError
 from launcher.config.schema import RunConfig
-from launcher.data.formats import UNPAIRED
+from launcher.data.formats import BY_NAME, effective_template
 from launcher.methods import METHODS
 
 OPEN, CLOSE = "[[", "]]"
@@ -38,10 +38,11 @@ def main(config: str | None, overrides: list[str], show: int = 2, color: bool | 
     if color is None:
         color = sys.stdout.isatty() and _has_rich()
     tokenizer = models.load_tokenizer(cfg)
+    fmt = BY_NAME.get(plan.data.format or "")
     try:
         if METHODS[cfg.trainer.name].pairs:
             text = preference_report(cfg, tokenizer, plan.data, show)
-        elif plan.data.format in UNPAIRED:
+        elif fmt is not None and fmt.unpaired:
             text = unpaired_report(cfg, tokenizer, plan.data, show)
         elif cfg.trainer.name == "sft":
             from launcher.data.processed import prepare_sft
@@ -54,6 +55,10 @@ def main(config: str | None, overrides: list[str], show: int = 2, color: bool | 
     except EncodeError as err:
         print(f"data problem: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    if cfg.data.streaming:  # (the stream may not fit in memory: plan read its head only)
+        head = len(plan.data.train.rows) if plan.data.train else 0
+        print(f"data.streaming: this covers the first {head} training rows, the ones plan checked; training reads, "
+              "tokenises and packs the stream as it goes (nothing is prepared up front)")
     if isinstance(text, list):  # rich segments for a terminal
         from rich.console import Console
 
@@ -68,16 +73,19 @@ def main(config: str | None, overrides: list[str], show: int = 2, color: bool | 
 # ---- sft
 
 def sft_report(cfg: RunConfig, tokenizer, data, prepared, show: int, color: bool = False):
-    from launcher.data.load import effective_template
+    from launcher.data.mixture import describe
 
-    d = cfg.data
     train = prepared.stats["train"]
-    head = [f"Prepared {data.format} rows for the sft trainer: {d.path}, template "
-            f"{effective_template(cfg, data.format)}; loss on {_trained_part(cfg, data.format)}",
+    head = [f"Prepared {data.format} rows for the sft trainer: {describe(cfg)}, template "
+            f"{effective_template(cfg, data.format)}; loss on {BY_NAME[data.format].trained_part(cfg)}",
             f"  cache: {prepared.folder or 'not written'} "
             f"({'reused: nothing was tokenised' if prepared.reused else 'tokenised now'})"]
     parts: list = ["\n".join(head)]
+    if data.mixture is not None:
+        parts.append("\n".join(mixture_report(cfg, data.mixture, tokenizer)))
     samples = prepared.samples["train"]
+    # (a sample is its row's encoding unless rows without a trained token were dropped: then the source is unknown)
+    origins = data.train.origins if data.train.origins and not train.dropped else []
     n = min(show, len(samples))
     if n:
         legend = "trained tokens in green" if color else f"trained tokens in {OPEN}...{CLOSE}"
@@ -85,7 +93,8 @@ def sft_report(cfg: RunConfig, tokenizer, data, prepared, show: int, color: bool
         for i in range(n):
             ids, labels = samples[i]["input_ids"], samples[i]["labels"]
             trained = sum(1 for x in labels[1:] if x != -100)  # the first token is never predicted
-            parts.append(f"-- sample {i + 1}: {len(ids)} tokens, {trained} trained")
+            source = f", from {data.mixture.sources[origins[i]].label}" if i < len(origins) else ""
+            parts.append(f"-- sample {i + 1}: {len(ids)} tokens, {trained} trained{source}")
             parts.append(marked_text(tokenizer, ids, labels, color))
     parts.append("\n== lengths of the training samples (tokens, before truncation)")
     parts.append("\n".join(histogram(train.lengths, train.limit)))
@@ -96,14 +105,41 @@ def sft_report(cfg: RunConfig, tokenizer, data, prepared, show: int, color: bool
     return "\n".join(str(p) for p in parts)
 
 
-def _trained_part(cfg: RunConfig, fmt: str) -> str:
-    if cfg.trainer.train_on == "all":
-        return "every token"
-    if fmt == "text":
-        return "every token" + (" (the eos token appended)" if cfg.data.add_eos_token else "")
-    if fmt == "prompt_completion" and cfg.data.chat_template == "none":
-        return "the completion" + (" and the eos token after it" if cfg.data.add_eos_token else "")
-    return "the assistant replies, each with the end-of-turn token that closes it"
+def mixture_report(cfg: RunConfig, mixture, tokenizer=None) -> list[str]:
+    """data.datasets: per source its training rows before and after weighting, the realised share of the rows
+    against the weight, and (sft, with a tokenizer) the same in tokens, as the sft encoder counts them."""
+    from launcher.data.mixture import summary_lines
+
+    shares, picked = mixture.shares(), mixture.picked_rows()
+    total = max(1, len(mixture.picks))
+    out = [f"\n== {summary_lines(mixture)[0]} (seed {cfg.training.seed})",
+           f"  {'source':44s} {'format':17s} {'weight':>7s} {'rows':>6s} {'in mix':>7s} {'share':>6s}"
+           + (f" {'tokens':>8s} {'in mix':>8s} {'share':>6s}" if tokenizer is not None else "")]
+    tokens = _source_tokens(cfg, mixture, tokenizer) if tokenizer is not None else None
+    mixed_tokens = [sum(t[r] for k2, r in mixture.picks if k2 == k) for k, t in enumerate(tokens)] if tokens else []
+    all_tokens = max(1, sum(mixed_tokens))
+    for k, s in enumerate(mixture.sources):
+        line = (f"  {s.label[:44]:44s} {s.check.format:17s} {100 * shares[k]:6.1f}% {len(s.rows):6d} {picked[k]:7d} "
+                f"{100 * picked[k] / total:5.1f}%")
+        if tokens:
+            line += f" {sum(tokens[k]):8d} {mixed_tokens[k]:8d} {100 * mixed_tokens[k] / all_tokens:5.1f}%"
+        out.append(line)
+    out.append("  (rows, tokens: the source's training rows; in mix: what the mixture takes of them; share: of the "
+               "mixture's training " + ("rows and tokens" if tokens else "rows") + "; validation rows are not weighted)")
+    if mixture.strategy == "concat":
+        out.append("  (concat: every row of every source once; the weights are not used)")
+    return out
+
+
+def _source_tokens(cfg: RunConfig, mixture, tokenizer) -> list[list[int]] | None:
+    """Tokens of each source's training rows, one count per row (sft only: the other trainers tokenise in trl)."""
+    if cfg.trainer.name != "sft":
+        return None
+    from launcher.data.encode import SFTEncoder
+
+    encoder = SFTEncoder(tokenizer, mixture.format, effective_template(cfg, mixture.format), cfg.trainer.train_on,
+                         cfg.data.add_eos_token)
+    return [[len(e.input_ids) for e in encoder.many(s.rows)] for s in mixture.sources]
 
 
 def marked_text(tokenizer, ids: list[int], labels: list[int], color: bool = False):
@@ -181,9 +217,9 @@ def preference_stats(cfg: RunConfig, tokenizer, rows: list, fmt: str) -> Prefere
     prompt to max_prompt_length, each answer to max_completion_length or what block_size leaves), reward by
     block_size (no prompt)."""
     from launcher.data.encode import cut_preference_pair, preference_lengths
-    from launcher.data.load import effective_template
 
     chat = effective_template(cfg, fmt) != "none"
+    prompted = "prompt" in BY_NAME[fmt].columns  # (reward pairs have no prompt: each text is scored whole)
     st = PreferenceStats(rows=len(rows))
     for row in rows:
         n = preference_lengths(row, tokenizer, chat)
@@ -193,7 +229,7 @@ def preference_stats(cfg: RunConfig, tokenizer, rows: list, fmt: str) -> Prefere
             pair = (n.prompt + n.chosen, n.prompt + n.rejected)
             if max(pair) <= cfg.data.block_size:
                 st.sequence_lengths.append(pair)
-        if fmt != "preference":  # reward pairs: each text whole, up to block_size
+        if not prompted:  # reward pairs: each text whole, up to block_size
             st.chosen_truncated += n.chosen > cfg.data.block_size
             st.rejected_truncated += n.rejected > cfg.data.block_size
             continue
@@ -210,19 +246,21 @@ def preference_stats(cfg: RunConfig, tokenizer, rows: list, fmt: str) -> Prefere
 
 def preference_report(cfg: RunConfig, tokenizer, data, show: int) -> str:
     from launcher.data.encode import prompt_cap
-    from launcher.data.load import conversations, effective_template
+    from launcher.data.mixture import describe
 
     d = cfg.data
     name = effective_template(cfg, data.format)
-    out = [f"Prepared {data.format} rows for the {cfg.trainer.name} trainer: {d.path}, template {name} "
+    out = [f"Prepared {data.format} rows for the {cfg.trainer.name} trainer: {describe(cfg)}, template {name} "
            f"(trl tokenises them when training; these are the lengths it will see)"]
+    if data.mixture is not None:
+        out += mixture_report(cfg, data.mixture)
     rows = data.train.rows
     if rows[:show]:
         out.append(f"\n== {min(show, len(rows))} of {len(rows)} rows, each answer in {OPEN}...{CLOSE}")
     for i, row in enumerate(rows[:show]):
-        out.append(f"-- row {i + 1}")
+        out.append(f"-- row {i + 1}{_from_source(data, i)}")
         if name != "none":
-            for label, conversation in zip(("chosen", "rejected"), conversations(row, data.format)):
+            for label, conversation in zip(("chosen", "rejected"), BY_NAME[data.format].conversations(row)):
                 prompt = conversation[:-1]
                 head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) if prompt else ""
                 full = tokenizer.apply_chat_template(conversation, tokenize=False)
@@ -237,7 +275,7 @@ def preference_report(cfg: RunConfig, tokenizer, data, show: int) -> str:
             continue
         st = preference_stats(cfg, tokenizer, split.rows, data.format)
         out.append(f"\n== {split_name}: {st.rows} rows")
-        if data.format == "preference":
+        if "prompt" in BY_NAME[data.format].columns:  # (reward pairs: no prompt, each text whole)
             keep = prompt_cap(cfg)
             out.append(f"  prompts cut to their last {keep} tokens (max_prompt_length): {st.prompt_truncated}")
             out += histogram(st.prompt_lengths, keep)
@@ -295,16 +333,15 @@ class UnpairedSample:
     completion_length: int
 
 
-def unpaired_sample(row: dict, cfg: RunConfig, tokenizer, conversational: bool) -> UnpairedSample:
+def unpaired_sample(row: dict, fmt: str, cfg: RunConfig, tokenizer, conversational: bool) -> UnpairedSample:
     """One unpaired row as KTOTrainer tokenises it (conversations through the chat template with the generation
     prompt, plain text with the eos token appended to the completion; the completion starts where the prompt
     and the whole diverge), then cut to the limits as launcher.trainers.kto cuts it."""
     from trl.data_utils import common_prefix_length
 
     from launcher.data.encode import cut_preference_pair
-    from launcher.data.load import unpaired_row
 
-    row = unpaired_row(row, conversational)
+    row = BY_NAME[fmt].trl_row(row, conversational)
     if conversational:
         prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=True, return_dict=True,
                                                add_generation_prompt=True)["input_ids"]
@@ -323,30 +360,32 @@ def unpaired_sample(row: dict, cfg: RunConfig, tokenizer, conversational: bool) 
 
 def unpaired_report(cfg: RunConfig, tokenizer, data, show: int) -> str:
     from launcher.data.encode import prompt_cap
-    from launcher.data.formats import label_counts
-    from launcher.data.load import effective_template, is_conversational
+    from launcher.data.formats import is_conversational, label_counts
+    from launcher.data.mixture import describe
 
     d = cfg.data
     splits = [(name, s) for name, s in (("train", data.train), ("valid", data.valid)) if s is not None]
     conversational = is_conversational(cfg, [s for _, s in splits])
     name = effective_template(cfg, data.format) if conversational else "none"
-    out = [f"Prepared {data.format} rows for the {cfg.trainer.name} trainer: {d.path}, template {name} "
+    out = [f"Prepared {data.format} rows for the {cfg.trainer.name} trainer: {describe(cfg)}, template {name} "
            f"(trl tokenises them when training, as here); each completion's reward is raised when labelled true "
            f"(desirable, weight {cfg.trainer.desirable_weight}) and lowered when false (undesirable, weight "
            f"{cfg.trainer.undesirable_weight})"]
+    if data.mixture is not None:
+        out += mixture_report(cfg, data.mixture)
     rows = data.train.rows
     if rows[:show]:
         out.append(f"\n== {min(show, len(rows))} of {len(rows)} rows as the model sees them, the trained completion "
                    f"in {OPEN}...{CLOSE}")
     for i, row in enumerate(rows[:show]):
-        sample = unpaired_sample(row, cfg, tokenizer, conversational)
+        sample = unpaired_sample(row, data.format, cfg, tokenizer, conversational)
         kind = "true (desirable)" if sample.label else "false (undesirable)"
-        out.append(f"-- row {i + 1}: label {kind}, {len(sample.prompt_ids)} prompt tokens, "
+        out.append(f"-- row {i + 1}{_from_source(data, i)}: label {kind}, {len(sample.prompt_ids)} prompt tokens, "
                    f"{len(sample.completion_ids)} trained")
         out.append(f"{_decode(tokenizer, sample.prompt_ids)}{OPEN}{_decode(tokenizer, sample.completion_ids)}{CLOSE}")
     keep = prompt_cap(cfg)
     for split_name, split in splits:
-        samples = [unpaired_sample(r, cfg, tokenizer, conversational) for r in split.rows]
+        samples = [unpaired_sample(r, data.format, cfg, tokenizer, conversational) for r in split.rows]
         desirable, undesirable = label_counts(split.rows)
         out.append(f"\n== {split_name}: {len(samples)} rows, {desirable} desirable (true), {undesirable} undesirable "
                    "(false)")
@@ -362,6 +401,12 @@ def unpaired_report(cfg: RunConfig, tokenizer, data, show: int) -> str:
             lengths = [(len(s.prompt_ids) + len(s.completion_ids),) for s in samples]
             out += packed_rows_report(cfg, lengths, ("prompt+completion",), show)
     return "\n".join(out)
+
+
+def _from_source(data, i: int) -> str:
+    """`, from data.datasets[k] (name)` for row i of a mixture's training split."""
+    origins = data.train.origins
+    return f", from {data.mixture.sources[origins[i]].label}" if i < len(origins) else ""
 
 
 def _decode(tokenizer, ids: list[int]) -> str:

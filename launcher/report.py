@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import yaml
 
+from launcher.data.mixture import describe as describe_data
 from launcher.distributed.launch import node_command, render
 from launcher.planning import Plan
 from launcher.run_dir import redacted_dict
@@ -31,9 +32,10 @@ def render_plan(plan: Plan, brief: bool = False, show_config: bool = False) -> s
             f", {cfg.quantization.mode} base" if cfg.quantization.mode != "none" else "") + ")"
             if cfg.peft.enabled else " (full fine-tune)")),
         ("model", cfg.model.name_or_path + (f" [{cfg.model.gguf_file}]" if cfg.model.gguf_file else "")),
-        ("data", f"{cfg.data.path}: {data.format or 'checked at load'}, "
-                 f"{len(data.train.rows) if data.train else 0} train rows, "
-                 f"{len(data.valid.rows) if data.valid else 0} validation rows, template {cfg.data.chat_template}"),
+        ("data", f"{describe_data(cfg)}: {data.format or 'checked at load'}, "
+                 + (f"streamed (its first {len(data.train.rows) if data.train else 0} rows checked), "
+                    if cfg.data.streaming else f"{len(data.train.rows) if data.train else 0} train rows, ")
+                 + f"{len(data.valid.rows) if data.valid else 0} validation rows, template {cfg.data.chat_template}"),
         ("hardware", plan.hardware.kind),
         ("launch", f"{d.backend} ({plan.resolution.backend_reason}); {d.num_processes} process(es) x "
                    f"{d.num_nodes} node(s) = world size {plan.world_size}, via {d.launcher}"),

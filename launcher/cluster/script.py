@@ -124,7 +124,8 @@ def mounts(cfg: RunConfig, run_dir: Path, cwd: Path) -> list[str]:
     from launcher.data.processed import cache_folder
 
     paths = [run_dir.resolve(), cwd.resolve(), log_dir(cfg, run_dir), cache_folder(cfg).resolve()]
-    for candidate in (cfg.data.path, cfg.model.name_or_path):
+    sources = [s.path for s in cfg.data.datasets] or [cfg.data.path]
+    for candidate in (*sources, cfg.model.name_or_path):
         path = Path(candidate).expanduser()
         if candidate and path.exists():
             paths.append((path if path.is_dir() else path.parent).resolve())

@@ -100,12 +100,19 @@ def default_project_name(cfg: RunConfig) -> str:
     """`runs/<method>-<data>`: a folder per method and data set, so that a second experiment does not land in the
     folder of the first (which a resume would refuse, or an AutoTrain-style `project-name` would collect). No date
     in it: the same command must find its unfinished run again to resume it."""
-    path = Path(cfg.data.path.partition(":")[0].rstrip("/"))
-    name = path.stem if path.suffix in (".jsonl", ".json", ".csv", ".parquet") else path.name
-    if name in ("", ".", cfg.data.train_split, "train", "data") and path.parent.name:
-        name = path.parent.name  # samples/chat/train.jsonl -> chat
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "data"
+    sources = [(s.name, s.path, s.train_split) for s in cfg.data.datasets] or [(None, cfg.data.path,
+                                                                                 cfg.data.train_split)]
+    name = "+".join(label or _data_name(path, split) for label, path, split in sources)  # a mixture: chat+alpaca
+    slug = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-.") or "data"
     return f"runs/{cfg.trainer.name}-{slug}"
+
+
+def _data_name(data_path: str, train_split: str) -> str:
+    path = Path(data_path.partition(":")[0].rstrip("/"))
+    name = path.stem if path.suffix in (".jsonl", ".json", ".csv", ".parquet") else path.name
+    if name in ("", ".", train_split, "train", "data") and path.parent.name:
+        name = path.parent.name  # samples/chat/train.jsonl -> chat
+    return name
 
 
 def _places(recipe: str | None, config_file, file_origin: dict, overrides: list[str]) -> tuple[dict, dict]:

@@ -15,14 +15,15 @@ from typing import Optional
 
 from launcher.config.errors import Problem
 from launcher.config.schema import RunConfig
-from launcher.data import formats
+from launcher.data import formats, mixture
 from launcher.methods import METHODS
 from launcher.data.files import (
     DataFileError, SplitSource, locate, looks_like_hub_id, nearest_local_paths, read_hub_rows, read_rows,
     respelled_local_path,
 )
 from launcher.data.templates import (
-    BUILTIN, alpaca_messages, get_template, has_generation_markers, model_chat_template, model_special_tokens, render,
+    BUILTIN, check_tool_template, get_template, has_generation_markers, model_chat_template,
+    model_special_tokens, render,
 )
 
 MAX_ROW_ERRORS = 5
@@ -36,6 +37,9 @@ class Split:
     source: SplitSource
     rows: list = field(default_factory=list)
     """Canonical rows (empty for a hub split until the worker or `prepare` reads it)."""
+    origins: list = field(default_factory=list)
+    """A mixture's split: the index in data.datasets of the source each row came from (beside the rows, not a
+    column in them: the trainers would see a column). Empty for one source."""
 
 
 @dataclass
@@ -45,10 +49,15 @@ class DataCheck:
     valid: Optional[Split] = None
     problems: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    mixture: Optional[object] = None
+    """data.datasets: the sources, each with its own check, and how they were mixed (launcher.data.mixture)."""
 
 
 def check_data(cfg: RunConfig) -> DataCheck:
-    """Find, read and check the train and validation splits; every problem is collected."""
+    """Find, read and check the train and validation splits; every problem is collected. With data.datasets,
+    each source is checked so and the sources are mixed (launcher.data.mixture)."""
+    if cfg.data.datasets:  # (each source's check runs the run-wide ones too: packing, hold-out keys)
+        return mixture.check_mixture(cfg, _one_source())
     out = DataCheck()
     d = cfg.data
     out.problems += _validation_key_problems(cfg)
@@ -114,6 +123,9 @@ def load_splits(cfg: RunConfig) -> DataCheck:
 
 def fill_hub_rows(cfg: RunConfig, checked: DataCheck) -> None:
     """Read and check the hub splits of an already checked plan (they are the only ones without rows)."""
+    if checked.mixture is not None:
+        mixture.fill_hub_rows(cfg, checked)
+        return
     hub = [s for s in (checked.train, checked.valid) if s is not None and s.source.hub_id and not s.rows]
     for split in hub:
         _check_rows(cfg, split, checked, read_hub_rows(split.source))
@@ -124,80 +136,8 @@ def fill_hub_rows(cfg: RunConfig, checked: DataCheck) -> None:
         raise DataFileError("\n".join(str(p) for p in checked.problems))
 
 
-def sft_row(row: dict, fmt: str, chat: bool) -> dict:
-    """A canonical row as the SFT trainer takes it: `text`, `messages`, or `prompt`/`completion`."""
-    if fmt == "alpaca":
-        return {"messages": alpaca_messages(row["instruction"], row["input"], row["output"])}
-    if fmt == "prompt_completion" and chat:
-        return {"messages": [{"role": "user", "content": row["prompt"]},
-                             {"role": "assistant", "content": row["completion"]}]}
-    return row
-
-
-def preference_row(row: dict, conversational: bool) -> dict:
-    """A canonical preference row as the reward, dpo and orpo trainers (trl) take it: `prompt` (when the row has
-    one), `chosen`, `rejected` as strings, or, conversational, as message lists (a string prompt becomes the user
-    turn, a string answer the assistant turn: the conversations `conversations` renders at preflight)."""
-    keys = [k for k in ("prompt", "chosen", "rejected") if row.get(k) is not None]
-    if not conversational:
-        return {k: row[k] for k in keys}
-    role = {"prompt": "user", "chosen": "assistant", "rejected": "assistant"}
-    return {k: _turns(row[k], role[k]) for k in keys}
-
-
-def prompt_row(row: dict, conversational: bool) -> dict:
-    """A canonical prompt-only row as trl's online trainers take it: `prompt` as text or, conversational, as a
-    message list (a string becomes the user turn, as `tunelaunch generate` renders it); the other columns as they
-    are, for the reward functions."""
-    if not conversational:
-        return dict(row)
-    return {**row, "prompt": _turns(row["prompt"], "user")}
-
-
-def unpaired_row(row: dict, conversational: bool) -> dict:
-    """A canonical unpaired row as the kto trainer (trl) takes it: `prompt`, `completion` and a boolean `label`;
-    conversational, a string prompt becomes the user turn and a string completion the assistant turn."""
-    if not conversational:
-        return dict(row)
-    return {"prompt": _turns(row["prompt"], "user"), "completion": _turns(row["completion"], "assistant"),
-            "label": row["label"]}
-
-
-def _turns(value, role: str) -> list[dict]:
-    """A message list as it is, a string as one message of `role`."""
-    return value if isinstance(value, list) else [{"role": role, "content": value}]
-
-
-def is_conversational(cfg: RunConfig, splits) -> bool:
-    """Whether preference or unpaired rows go to trl as conversations: a chat template is set, or a value of some
-    row is a message list."""
-    return cfg.data.chat_template != "none" or any(
-        isinstance(v, list) for s in splits if s is not None for r in s.rows for v in r.values())
-
-
-def effective_template(cfg: RunConfig, fmt: Optional[str]) -> str:
-    """The template rows are rendered with: Alpaca rows under `none` get the alpaca template."""
-    if fmt == "alpaca" and cfg.data.chat_template == "none":
-        return "alpaca"
-    return cfg.data.chat_template
-
-
-def conversations(row: dict, fmt: str) -> list[list[dict]]:
-    """The message lists a chat template renders for one canonical row (two for preference rows)."""
-    if fmt in ("preference", "reward_pair"):
-        prompt = row.get("prompt")
-        prompt_msgs = [] if prompt is None else prompt if isinstance(prompt, list) else [
-            {"role": "user", "content": prompt}]
-        return [prompt_msgs + (row[k] if isinstance(row[k], list) else [{"role": "assistant", "content": row[k]}])
-                for k in ("chosen", "rejected")]
-    if fmt == "prompt_only":
-        prompt = row["prompt"]
-        return [prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]]
-    if fmt in formats.UNPAIRED:
-        sample = unpaired_row(row, conversational=True)
-        return [sample["prompt"] + sample["completion"]]
-    sample = sft_row(row, fmt, chat=True)
-    return [sample["messages"]] if "messages" in sample else []
+def _one_source() -> mixture.OneSource:
+    return mixture.OneSource(check_data, fill_hub_rows, DataCheck, Split)
 
 
 # ---- checks
@@ -236,7 +176,7 @@ def _check_rows(cfg: RunConfig, split: Split, out: DataCheck, raw_rows: list | N
     if rename.get(formats.SHAREGPT_COLUMN) == "messages":
         _note(out, f"data: {where}: ShareGPT rows: the `conversations` column is read as chat messages (human -> "
                    "user, gpt -> assistant; data.column_mapping.roles maps other speaker names)")
-    if "label" in columns and fmt.name not in formats.UNPAIRED:
+    if "label" in columns and not fmt.unpaired:
         _note(out, f"data: {where}: the {cfg.trainer.name} trainer does not read the column 'label' and trains on "
                    "every row, the undesirable ones too (trainer=kto learns from the labels)")
     errors = []
@@ -248,8 +188,8 @@ def _check_rows(cfg: RunConfig, split: Split, out: DataCheck, raw_rows: list | N
             errors.append(f"{where}: row {number}: {err}")
     _add_row_errors(out, where, errors)
     if not errors:
-        _check_template(cfg, fmt.name, out)
-        _check_rendering(cfg, fmt.name, split, out)
+        _check_template(cfg, fmt, out)
+        _check_rendering(cfg, fmt, split, out)
 
 
 def _add_row_errors(out: DataCheck, where: str, errors: list[str], key: str = "data") -> None:
@@ -259,10 +199,10 @@ def _add_row_errors(out: DataCheck, where: str, errors: list[str], key: str = "d
         out.problems.append(Problem(key, f"{where}: {len(errors) - MAX_ROW_ERRORS} more rows with problems"))
 
 
-def _check_template(cfg: RunConfig, fmt: str, out: DataCheck) -> None:
+def _check_template(cfg: RunConfig, fmt: formats.Format, out: DataCheck) -> None:
     if cfg.data.chat_template != "none":
         return
-    if fmt == "messages":  # (Alpaca rows under none get the alpaca template: launcher.resolve says so)
+    if fmt.under_none == formats.REFUSED:  # (Alpaca rows under none get the alpaca template: launcher.resolve says so)
         problem = Problem("data.chat_template", "rows are chat messages but chat_template is none: set chatml, "
                           "zephyr, tokenizer (the model's own) or a Jinja file")
         if problem not in out.problems:
@@ -293,12 +233,12 @@ def _template_source(cfg: RunConfig, name: str, out: DataCheck) -> Optional[tupl
     return jinja, special
 
 
-def _check_rendering(cfg: RunConfig, fmt: str, split: Split, out: DataCheck) -> None:
+def _check_rendering(cfg: RunConfig, fmt: formats.Format, split: Split, out: DataCheck) -> None:
     """Render the first rows' conversations through the template: a row it cannot render, or one in which it
     marks nothing to train, is a problem now rather than an exception in every worker later."""
-    name = effective_template(cfg, fmt)
-    if name == "none" or fmt == "text":
-        return
+    name = fmt.template(cfg.data.chat_template)
+    if name == "none" or not split.rows or not fmt.conversations(split.rows[0]):
+        return  # (plain text goes through no template)
     source = _template_source(cfg, name, out)
     if source is None:
         return
@@ -306,14 +246,19 @@ def _check_rendering(cfg: RunConfig, fmt: str, split: Split, out: DataCheck) -> 
     from jinja2 import TemplateError, TemplateSyntaxError
 
     where = split.source.describe()
+    tools_problem = check_tool_template(jinja, name, split.rows[:RENDER_CHECK_ROWS], where, special)
+    if tools_problem is not None:  # it would render the chats without their calls, and train on the results
+        out.problems.append(Problem("data.chat_template", tools_problem))
+        return
     markers = has_generation_markers(jinja)
     completion_only = cfg.trainer.train_on == "completion" and cfg.trainer.name == "sft"
     errors = []
     for number, row in enumerate(split.rows[:RENDER_CHECK_ROWS], start=1):
-        for conversation in conversations(row, fmt):
+        for conversation in fmt.conversations(row):
             try:
-                text, spans = render(jinja, conversation, special=special)
-                if completion_only and not markers and not _prefix_preserving(jinja, conversation, special, text):
+                text, spans = render(jinja, conversation, special=special, tools=row.get("tools"))
+                if completion_only and not markers and not _prefix_preserving(jinja, conversation, special, text,
+                                                                                 row.get("tools")):
                     if name == "tokenizer":
                         _note(out, "data: the model's chat template has no {% generation %} markers and renders "
                                    "earlier turns differently depending on what follows; training uses trl's "
@@ -342,12 +287,13 @@ def _check_rendering(cfg: RunConfig, fmt: str, split: Split, out: DataCheck) -> 
                    "rendering each conversation up to each reply")
 
 
-def _prefix_preserving(jinja: str, conversation: list[dict], special: dict, full: str) -> bool:
+def _prefix_preserving(jinja: str, conversation: list[dict], special: dict, full: str, tools=None) -> bool:
     for i, message in enumerate(conversation):
         if message["role"] != "assistant":
             continue
-        before = render(jinja, conversation[:i], add_generation_prompt=True, special=special)[0] if i else ""
-        upto = render(jinja, conversation[:i + 1], special=special)[0]
+        before = (render(jinja, conversation[:i], add_generation_prompt=True, special=special, tools=tools)[0]
+                  if i else "")
+        upto = render(jinja, conversation[:i + 1], special=special, tools=tools)[0]
         if not upto.startswith(before) or not full.startswith(upto):
             return False
     return True
@@ -445,7 +391,8 @@ def _check_packing(cfg: RunConfig, out: DataCheck) -> None:
 def _check_labels(cfg: RunConfig, out: DataCheck) -> None:
     """Unpaired (kto) rows: the training rows hold both classes; their balance is noted, with the class weights
     that fit it when the configured ones do not (the KTO paper's rule, which trl also warns about)."""
-    if out.format not in formats.UNPAIRED or out.train is None or not out.train.rows or out.problems:
+    fmt = formats.BY_NAME.get(out.format or "")
+    if fmt is None or not fmt.unpaired or out.train is None or not out.train.rows or out.problems:
         return  # (rows with problems were left out: count the classes once the data is read whole)
     column = cfg.data.column_mapping.label_column or "label"
     desirable, undesirable = formats.label_counts(out.train.rows)
@@ -535,7 +482,7 @@ def _inside(low: float, high: float) -> str:
 def _wrong_format(cfg: RunConfig, where: str, fmt, columns: list[str]) -> Problem:
     trainer = cfg.trainer.name
     takes = METHODS[trainer].formats
-    if set(formats.UNPAIRED) & set(takes) and "label" not in columns:
+    if any(formats.BY_NAME[n].unpaired for n in takes) and "label" not in columns:
         pairs = ("; for chosen/rejected pairs use a pair trainer (dpo), or make each pair two rows, its chosen "
                  "answer labelled true and its rejected one false") if "rejected" in fmt.columns else ""
         return Problem("data.column_mapping.label_column", (
@@ -559,10 +506,11 @@ def _no_format_message(where, found: list[str], cfg: RunConfig) -> str:
     needs = method.needs
     cols = _text_like(found) or ["<column>"]
     first, second, third = (cols + ["<column>"] * 3)[:3]
-    if method.pairs and "preference" in method.formats:
+    takes = [formats.BY_NAME[n] for n in method.formats]
+    if method.pairs and any("prompt" in f.columns for f in takes):  # (pairs with a prompt column)
         fix = (f"data.column_mapping.prompt_text_column={first} data.column_mapping.text_column={second} "
                f"data.column_mapping.rejected_text_column={third}")
-    elif set(formats.UNPAIRED) & set(method.formats):
+    elif any(f.unpaired for f in takes):
         fix = (f"data.column_mapping.prompt_text_column={first} data.column_mapping.text_column={second} "
                f"data.column_mapping.label_column={third}")
     elif method.pairs:

@@ -6,7 +6,7 @@ import pytest
 from launcher import cli
 from launcher.embedded import smollm2_folder
 
-from .conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli
 
 
 def test_prepare_shows_samples_with_the_trained_tokens_marked(tmp_path):
