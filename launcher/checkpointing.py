@@ -38,6 +38,8 @@ start the same command again to resume (sysexits' EX_TEMPFAIL, "try again later"
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STAGING_PREFIX = "tmp-"
+CHECKPOINT_WRITERS = "_tunelaunch_checkpoint_writers"
+"""Attribute of a Trainer listing what else each checkpoint holds (add_checkpoint_writer)."""
 
 
 # ---- determinism
@@ -141,6 +143,8 @@ def make_checkpoints_atomic(trainer) -> None:
         trainer._get_output_dir = lambda trial=None: str(staging)
         try:
             save_checkpoint(model, trial)  # its own rotation sees only the staging folder: a no-op
+            for write in getattr(trainer, CHECKPOINT_WRITERS, ()):
+                write(staging / name)  # before the barrier: published with the rest, or not at all
         finally:
             del trainer._get_output_dir
         _barrier()  # every rank has written its files
@@ -160,6 +164,14 @@ def make_checkpoints_atomic(trainer) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
     trainer._save_checkpoint = atomic_save_checkpoint
+
+
+def add_checkpoint_writer(trainer, write) -> None:
+    """`write(folder)` runs on every rank at each checkpoint, into the folder being saved, after the Trainer's
+    own files and before the folder is published (a data stream's position: launcher.data.streaming)."""
+    writers = getattr(trainer, CHECKPOINT_WRITERS, [])
+    writers.append(write)
+    setattr(trainer, CHECKPOINT_WRITERS, writers)
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

@@ -15,6 +15,7 @@ from launcher.config.errors import ConfigError, Problem
 from launcher.config.schema import RunConfig
 from launcher.config.validate import unused_keys, validate
 from launcher.data.load import DataCheck, check_data
+from launcher.data.streaming import check_stream
 from launcher.distributed import external, launch
 from launcher.hardware import Hardware
 from launcher.resolve import Resolution, resolve
@@ -68,9 +69,10 @@ def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware 
     auto_backend = cfg.distributed.backend == "auto"
     adopted, adopted_notes = external.adopt(cfg, user_launcher) if user_launcher else ([], [])
     problems = composed.problems + adopted + validate(cfg)
-    data = check_data(cfg)
-    resolution = resolve(cfg, hw, data.format,
-                         len(data.train.rows) if data.train is not None and not data.problems else None)
+    # A stream is checked on its first rows only (it may not fit in memory): its row count is not known here.
+    data = check_stream(cfg) if cfg.data.streaming else check_data(cfg)
+    counted = data.train is not None and not data.problems and not cfg.data.streaming
+    resolution = resolve(cfg, hw, data.format, len(data.train.rows) if counted else None)
     if user_launcher is not None and auto_backend:
         resolution.backend_reason = f"set up by {user_launcher.started_by}"
     launch_problems, launch_notes = launch.check(cfg, hw, resolution.backend_reason if auto_backend else "",
@@ -94,7 +96,7 @@ def make_plan(config_file: str | None, overrides: list[str], hardware: Hardware 
 def _online_problems(cfg: RunConfig, data: DataCheck) -> list[Problem]:
     """grpo/rloo's rewards and tools, imported and called on two dummy completions with the data's own columns,
     and distill's teacher: what trl would only find once the weights are loaded (launcher/rl)."""
-    from launcher.data.load import is_conversational
+    from launcher.data.formats import is_conversational
     from launcher.methods import METHODS, reads
 
     name = cfg.trainer.name

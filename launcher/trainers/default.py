@@ -12,7 +12,8 @@ from pathlib import Path
 from launcher import models
 from launcher.callbacks import run_callbacks
 from launcher.config.schema import RunConfig
-from launcher.data.load import load_splits, sft_row
+from launcher.data.formats import BY_NAME
+from launcher.data.load import load_splits
 from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
 from launcher.trainers.common import train_and_save, training_kwargs
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
+    if cfg.data.streaming:
+        return train_streaming(cfg, run_dir, resume_from)
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
 
@@ -59,8 +62,41 @@ def train(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
                           train_tokens=train_tokens)
 
 
+def train_streaming(cfg: RunConfig, run_dir: Path, resume_from: str | None) -> dict:
+    """data.streaming: the same blocks, cut as the rows are read (launcher.data.streaming), for
+    training.max_steps steps; the validation split's first rows are read whole."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from launcher.data import streaming
+    from launcher.data.files import DataFileError
+
+    data = streaming.check_stream(cfg, read_hub=True)
+    if data.problems:
+        raise DataFileError("\n".join(str(p) for p in data.problems))
+    tokenizer = models.load_tokenizer(cfg)
+    valid_blocks, valid_tokens = token_blocks(cfg, tokenizer, data.valid.rows, data.format) if data.valid else ([], 0)
+    if data.valid and not valid_blocks:
+        log.warning("the validation text is %d tokens, less than one block of %d: no evaluation", valid_tokens,
+                    cfg.data.block_size)
+    eval_set = Dataset.from_dict({"input_ids": valid_blocks, "labels": valid_blocks}) if valid_blocks else None
+
+    model = with_adapter(models.load_model(cfg, tokenizer), cfg)
+    model.generation_config.eos_token_id = stop_tokens(tokenizer, cfg.data.chat_template)
+    # (the args are built before the stream: they set up the process state that tells each process its rank)
+    args = TrainingArguments(**training_kwargs(cfg, run_dir, 0, eval_set is not None, runtime.world_size()))
+    stream = streaming.train_stream(cfg, tokenizer, data, cut_blocks=token_blocks)
+    trainer = Trainer(model=model, args=args, train_dataset=stream, eval_dataset=eval_set,
+                      processing_class=tokenizer, data_collator=default_data_collator,
+                      callbacks=run_callbacks(cfg, tokenizer))
+    streaming.attach(trainer, stream, resume_from)
+    return train_and_save(trainer, cfg, run_dir, tokenizer, resume_from, data, train_rows="streamed",
+                          train_sequences=cfg.training.max_steps * cfg.training.batch_size
+                          * cfg.training.gradient_accumulation * runtime.world_size())
+
+
 def row_text(row: dict, fmt: str, tokenizer, chat: bool) -> str:
-    sample = sft_row(row, fmt, chat)
+    sample = BY_NAME[fmt].sft_sample(row, chat)
     if "messages" in sample:
         return tokenizer.apply_chat_template(sample["messages"], tokenize=False)
     if "prompt" in sample:
