@@ -3,6 +3,7 @@ machines they do not have."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Optional
@@ -62,3 +63,37 @@ def gpu_driver_present() -> bool:
 def installed(package: str) -> bool:
     """Whether a package can be imported, found without importing it."""
     return importlib.util.find_spec(package) is not None
+
+
+ROWS_PER_TOKENISER = 2000
+"""data.num_proc null: fewer rows per process cost more to hand out (a process pool, the cache shards joined)
+than they save."""
+CORES_FOR_TOKENISERS = 4
+"""data.num_proc null: below this many cores, one process. Its tokenizer already encodes each batch on every core,
+so on 2 cores a second process only competes with it (measured: 0.85x one process's rows/s on 20,000 rows,
+benchmarks/RESULTS.md); more processes pay where cores are left for the rendering and masks, which one process
+runs on one core."""
+
+
+def cores_given() -> int:
+    """The CPU cores this job may use: Slurm's SLURM_CPUS_PER_TASK inside a job (the allocation, not the node),
+    else the cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK") if os.environ.get("SLURM_JOB_ID") else None
+    if slurm and slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (macOS has no affinity masks)
+        return os.cpu_count() or 1
+
+
+def tokenising_processes(num_proc: Optional[int], rows: Optional[int] = None) -> int:
+    """Processes that tokenise `rows` rows: data.num_proc when set, else (null) the cores given, at least
+    ROWS_PER_TOKENISER rows each, and one below CORES_FOR_TOKENISERS cores. Called where the data is tokenised,
+    so a Slurm job counts its own cores."""
+    if num_proc is not None:
+        return num_proc
+    cores = cores_given()
+    if cores < CORES_FOR_TOKENISERS:
+        return 1
+    return cores if rows is None else max(1, min(cores, rows // ROWS_PER_TOKENISER))

@@ -47,7 +47,9 @@ from launcher.config.schema import RunConfig
 from launcher.config.validate import effective_block_size
 from launcher.distributed import memory
 from launcher.distributed.backends import world_size
-from launcher.hardware import Hardware
+from launcher.hardware import (
+    CORES_FOR_TOKENISERS, ROWS_PER_TOKENISER, Hardware, cores_given, tokenising_processes,
+)
 from launcher.methods import METHODS
 
 
@@ -236,7 +238,7 @@ def _block_size(cfg: RunConfig, out: Resolution) -> None:
 
 
 def _template(cfg: RunConfig, data_format: str | None, out: Resolution) -> None:
-    from launcher.data.load import effective_template  # the rule, where the data check also reads it
+    from launcher.data.formats import effective_template  # the rule, where the data check also reads it
 
     template = effective_template(cfg, data_format)
     if template != cfg.data.chat_template:
@@ -297,6 +299,10 @@ def _streaming(cfg: RunConfig, out: Resolution) -> None:
         out.problems.append(Problem("data.wrap_packed_sequences", (
             "with data.streaming the samples are packed best-fit over data.packing_buffer samples; wrapping is "
             "for data prepared whole: set data.wrap_packed_sequences=false")))
+    if cfg.cluster.preprocess_job:
+        out.problems.append(Problem("cluster.preprocess_job", (
+            "with data.streaming the training job tokenises the stream as it trains, so there is nothing to prepare "
+            "up front: set cluster.preprocess_job=false")))
     if d.packing_buffer < 1:
         out.problems.append(Problem("data.packing_buffer", f"must be 1 or more samples, got {d.packing_buffer}"))
     if out.problems:
@@ -325,36 +331,12 @@ def _processes(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
         out.notes += resources.gpu_request_notes(c, nodes) + resources.default_resources(c, d.num_processes, nodes)
 
 
-ROWS_PER_TOKENISER = 2000
-"""data.num_proc null: fewer rows per process cost more to hand out (a process pool, the cache shards joined)
-than they save."""
-
-
-def cores_given() -> int:
-    """The CPU cores this job may use: Slurm's SLURM_CPUS_PER_TASK inside a job (the allocation, not the node),
-    else the cores this process may run on (its affinity mask, which containers and taskset narrow)."""
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK") if os.environ.get("SLURM_JOB_ID") else None
-    if slurm and slurm.isdigit() and int(slurm) > 0:
-        return int(slurm)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # (macOS has no affinity masks)
-        return os.cpu_count() or 1
-
-
-def tokenising_processes(cfg: RunConfig, rows: int | None = None) -> int:
-    """Processes that tokenise `rows` rows: data.num_proc, or (null) the cores given, at least
-    ROWS_PER_TOKENISER rows each. Called where the data is tokenised, so a Slurm job counts its own cores."""
-    if cfg.data.num_proc is not None:
-        return cfg.data.num_proc
-    cores = cores_given()
-    return cores if rows is None else max(1, min(cores, rows // ROWS_PER_TOKENISER))
-
-
 def _tokenisers(cfg: RunConfig, train_rows: int | None, out: Resolution) -> None:
     """data.num_proc: decided here for this machine; a run planned for Slurm keeps null, so the preparation job
     and the training job each count the cores of their own allocation (cluster.preprocess_cpus for the first)."""
     d = cfg.data
+    if d.streaming and d.num_proc is None:
+        return  # a stream is tokenised inside the training process, as it trains (launcher/data/streaming.py)
     if d.num_proc is not None:
         if d.num_proc < 1:
             out.problems.append(Problem("data.num_proc", f"must be 1 or more processes, got {d.num_proc} (null = "
@@ -368,8 +350,11 @@ def _tokenisers(cfg: RunConfig, train_rows: int | None, out: Resolution) -> None
                              f"has cores (the preparation job's cluster.preprocess_cpus={cfg.cluster.preprocess_cpus})")
             return
     cores = cores_given()
-    d.num_proc = tokenising_processes(cfg, train_rows)
-    if train_rows is None:
+    d.num_proc = tokenising_processes(None, train_rows)
+    if cores < CORES_FOR_TOKENISERS:
+        why = (f"{cores} CPU core(s) given to this job: one process, whose tokenizer already encodes on every core; "
+               f"processes pay from {CORES_FOR_TOKENISERS} cores")
+    elif train_rows is None:
         why = f"the {cores} CPU core(s) given to this job"
     else:
         why = (f"{train_rows} training rows over the {cores} CPU core(s) given to this job, at least "

@@ -11,20 +11,40 @@ What is trained (trainer.train_on=completion, the default):
 - prompt/completion without a template: the completion (and the eos token, with data.add_eos_token).
 - text: every token (and the eos token, with data.add_eos_token).
 With train_on=all every token is trained.
+
+How (the same ids and labels as `tokenizer.apply_chat_template(..., return_assistant_tokens_mask=True)`, at the
+speed of a bare batched tokenizer call): each conversation is rendered with transformers' own Jinja path
+(`render_jinja_template`, which also returns the character spans of the `{% generation %}` blocks), all rendered
+texts of a batch are tokenised in ONE fast-tokenizer call, and each span becomes a slice of a numpy mask through
+the tokenizer's char -> token index (a few lookups a reply; every token's offsets only where that cannot answer).
+transformers builds that mask with a Python loop over every token, which cost more than the tokenisation itself
+(benchmarks/preprocessing.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from typing import Optional
 
-from launcher.data.load import sft_row
+import numpy as np
+
+from launcher.data.formats import BY_NAME
+from launcher.data.reasoning import untrained_reasoning
 from launcher.data.templates import has_generation_markers
 
 IGNORE = -100
 
 
 class EncodeError(ValueError):
-    """A row the tokenizer and template cannot turn into a training sample; the message says why and how to fix."""
+    """A row the tokenizer and template cannot turn into a training sample; the message says why and how to fix.
+    `row`: the row's position in the batch `SFTEncoder.many` was given (None for a single row)."""
+
+    def __init__(self, message: str, row: Optional[int] = None):
+        super().__init__(message)
+        self.row = row
+
+    def __reduce__(self):  # picklable with its row, so an error inside a datasets.map worker reaches the caller
+        return type(self), (str(self), self.row)
 
 
 @dataclass
@@ -37,100 +57,203 @@ class Encoded:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
+Spans = list[tuple[int, int]]
+
+
 class SFTEncoder:
-    """Encodes canonical rows of one format for the sft trainer; build once per run, call per row."""
+    """Encodes canonical rows of one format for the sft trainer; build once per run, call on a batch of rows
+    (`many`, `arrays`) or on one. Picklable (the tokenizer and template strings), so datasets.map can run it in
+    worker processes."""
 
     def __init__(self, tokenizer, fmt: str, chat_template: str, train_on: str = "completion",
-                 add_eos_token: bool = True):
+                 add_eos_token: bool = True, train_on_reasoning: bool = True):
         self.tok = tokenizer
         self.fmt = fmt
         self.chat = chat_template != "none"
         self.template_name = chat_template
         self.train_on = train_on
         self.add_eos_token = add_eos_token
+        self.train_on_reasoning = train_on_reasoning
         self.mask_template: Optional[str] = None
         """A template with generation markers used for the masks (the tokenizer's own, or trl's variant)."""
         self.mask_mode = "all" if train_on == "all" else "completion"
         if self.chat and train_on == "completion" and self._renders_messages():
             self.mask_template, self.mask_mode = self._masking_template()
 
+    @classmethod
+    def for_run(cls, cfg, tokenizer, fmt: str) -> "SFTEncoder":
+        """The encoder of a run's rows of format `fmt`, as its configuration says (one place for every caller:
+        the prepared data, the stream, `prepare --show`)."""
+        from launcher.data.formats import effective_template
+
+        return cls(tokenizer, fmt, effective_template(cfg, fmt), cfg.trainer.train_on, cfg.data.add_eos_token,
+                   cfg.trainer.train_on_reasoning)
+
     def __call__(self, row: dict) -> Encoded:
-        sample = sft_row(row, self.fmt, self.chat)
-        if "messages" in sample:
-            return self._messages(sample["messages"])
-        if "prompt" in sample:
-            return self._prompt_completion(sample["prompt"], sample["completion"])
-        return self._text(sample["text"])
+        try:
+            return self.many([row])[0]
+        except EncodeError as err:
+            raise EncodeError(str(err)) from None
 
     def many(self, rows: list[dict]) -> list[Encoded]:
-        """What calling it on each row gives, with the tokenizer called once for all of them: its batch encoder
-        runs on every core, and one call per row made preparation half as fast as a batched `datasets.map`
-        (benchmarks/preprocessing.py). A batch with any row that the plain path would refuse or treat apart
-        is encoded row by row, so that row's error is the one raised."""
-        try:
-            batch = self._batch([sft_row(row, self.fmt, self.chat) for row in rows])
-        except Exception:
-            batch = None
-        return batch if batch is not None else [self(row) for row in rows]
+        """Each row encoded, with the tokenizer called once for all of them."""
+        return [Encoded(ids.tolist(), labels.tolist()) for ids, labels in self.arrays(rows)]
 
-    def _batch(self, samples: list[dict]) -> Optional[list[Encoded]]:
-        if all("text" in s for s in samples):
-            ids = self.tok(text=[self._with_eos(s["text"]) for s in samples])["input_ids"]
-            return [Encoded(list(i), list(i)) for i in ids]
-        if not all("messages" in s for s in samples) or self.mask_mode == "prefix":
-            return None  # prompt/completion (two tokenisations to align) and prefix masks: row by row
-        conversations = [s["messages"] for s in samples]
-        if self.mask_mode == "all":
-            ids = self.tok.apply_chat_template(conversations, tokenize=True, return_dict=True)["input_ids"]
-            return [Encoded(list(i), list(i)) for i in ids]
-        out = self.tok.apply_chat_template(conversations, tokenize=True, return_dict=True,
-                                           return_assistant_tokens_mask=True, chat_template=self.mask_template)
-        ids, masks = [list(i) for i in out["input_ids"]], [list(m) for m in out["assistant_masks"]]
-        if self.mask_template != self.tok.chat_template:
-            plain = self.tok.apply_chat_template(conversations, tokenize=True, return_dict=True)["input_ids"]
-            if any(list(p) != i for p, i in zip(plain, ids)):
-                return None
-        if any(1 not in m for m in masks):
-            return None
-        return [Encoded(i, [t if m else IGNORE for t, m in zip(i, mask)]) for i, mask in zip(ids, masks)]
+    def arrays(self, rows: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(input_ids, labels) of each row as int64 arrays. A row that cannot be encoded raises EncodeError with
+        its position in `rows` (`err.row`)."""
+        samples = [BY_NAME[self.fmt].sft_sample(row, self.chat) for row in rows]
+        out: list = [None] * len(samples)
+        kinds = {"messages": [], "prompt": [], "text": []}
+        for i, sample in enumerate(samples):
+            kinds["messages" if "messages" in sample else "prompt" if "prompt" in sample else "text"].append(i)
+        for kind, where in kinds.items():
+            if where:
+                encode = {"messages": self._messages, "prompt": self._prompt_completion, "text": self._text}[kind]
+                for i, encoded in zip(where, encode([samples[i] for i in where], where)):
+                    out[i] = encoded
+        return out
 
-    # ---- the three row kinds
+    def _trained_char_spans(self, text: str, spans: Spans, messages: list[dict]) -> Spans:
+        """The character spans of `text` (a rendered conversation) that are trained, from the spans the template
+        marks as the assistant's (sorted, not overlapping). The place to leave parts of a reply out of the loss:
+        with trainer.train_on_reasoning=false, the `<think>` blocks inside them."""
+        if self.train_on_reasoning:
+            return spans
+        return untrained_reasoning(text, spans)
 
-    def _text(self, text: str) -> Encoded:
-        ids = self.tok(text=self._with_eos(text))["input_ids"]
-        return Encoded(list(ids), list(ids))
+    # ---- the three row kinds, a batch at a time
 
-    def _prompt_completion(self, prompt: str, completion: str) -> Encoded:
-        prompt_ids = self.tok(text=prompt)["input_ids"]
-        ids = list(self.tok(text=self._with_eos(prompt + completion))["input_ids"])
+    def _text(self, samples: list[dict], where: list[int]) -> list:
+        ids = self.tok(text=[self._with_eos(s["text"]) for s in samples], return_attention_mask=False)["input_ids"]
+        return [_same(i) for i in ids]
+
+    def _prompt_completion(self, samples: list[dict], where: list[int]) -> list:
+        texts = [self._with_eos(s["prompt"] + s["completion"]) for s in samples]
+        all_ids = self.tok(text=texts, return_attention_mask=False)["input_ids"]
         if self.train_on == "all":
-            return Encoded(ids, list(ids))
-        # The completion starts where the two tokenisations diverge (a merge across the boundary may move it).
-        start = _common_prefix(prompt_ids, ids)
-        return Encoded(ids, [IGNORE] * start + ids[start:])
+            return [_same(i) for i in all_ids]
+        prompts = self.tok(text=[s["prompt"] for s in samples], return_attention_mask=False)["input_ids"]
+        out = []
+        for prompt_ids, ids in zip(prompts, all_ids):
+            ids, prompt_ids = np.asarray(ids, dtype=np.int64), np.asarray(prompt_ids, dtype=np.int64)
+            # The completion starts where the two tokenisations diverge (a merge across the boundary may move it).
+            n = min(len(ids), len(prompt_ids))
+            differ = np.flatnonzero(ids[:n] != prompt_ids[:n])
+            start = int(differ[0]) if len(differ) else n
+            labels = ids.copy()
+            labels[:start] = IGNORE
+            out.append((ids, labels))
+        return out
 
-    def _messages(self, messages: list[dict]) -> Encoded:
+    def _messages(self, samples: list[dict], where: list[int]) -> list:
+        rendered = self._render_all(samples, where)
+        texts = [text for text, _ in rendered]
         if self.mask_mode == "all":
-            out = self.tok.apply_chat_template(messages, tokenize=True, return_dict=True)
-            ids = list(out["input_ids"])
-            return Encoded(ids, list(ids))
-        if self.mask_mode == "markers":
-            out = self.tok.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                               return_assistant_tokens_mask=True, chat_template=self.mask_template)
-            ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
-            if self.mask_template != self.tok.chat_template:
+            ids = self.tok(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+            return [_same(i) for i in ids]
+        if not getattr(self.tok, "is_fast", False):
+            raise EncodeError("masking the assistant replies needs a fast tokenizer (character offsets); set "
+                              "trainer.train_on=all or use a model with a tokenizer.json", where[0])
+        # As apply_chat_template tokenises what it rendered: no special tokens added (the template wrote them).
+        # The marked spans are mapped to tokens through the tokenizer's own char -> token index (a few lookups a
+        # reply); the offsets of every token, which cost more than the rest of the mask, only where that cannot.
+        overlap = self.mask_mode == "markers"
+        enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=not overlap,
+                       return_attention_mask=False)
+        plain = self._plain_ids(samples, texts, where) if overlap and self.mask_template != self.tok.chat_template \
+            else None
+        out = []
+        for k, ((text, spans), ids) in enumerate(zip(rendered, enc["input_ids"])):
+            ids = np.asarray(ids, dtype=np.int64)
+            if plain is not None and plain[k] is not None and not np.array_equal(plain[k], ids):
                 # trl's training variant renders the same text; the ids must be those of the saved template
-                plain = list(self.tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
-                if plain != ids:
-                    raise EncodeError("trl's training variant of the tokenizer's chat template renders this "
-                                      "conversation differently from the template itself; set trainer.train_on=all "
-                                      "or give a Jinja template with {% generation %} markers")
-        else:
-            ids, mask = self._prefix_masks(messages)
-        if 1 not in mask:
-            raise EncodeError(f"the {self.template_name} template marks no assistant tokens in this conversation, so "
-                              "nothing would be trained")
-        return Encoded(ids, [t if m else IGNORE for t, m in zip(ids, mask)])
+                raise EncodeError("trl's training variant of the tokenizer's chat template renders this "
+                                  "conversation differently from the template itself; set trainer.train_on=all "
+                                  "or give a Jinja template with {% generation %} markers", where[k])
+            spans = self._trained_char_spans(text, spans, samples[k]["messages"])
+            mask = _span_mask(enc.encodings[k], spans, len(ids)) if overlap else None
+            if mask is None:
+                pairs = enc["offset_mapping"][k] if not overlap else enc.encodings[k].offsets
+                # fromiter over the flattened pairs: half the time of np.asarray on a list of tuples
+                offsets = np.fromiter(chain.from_iterable(pairs), dtype=np.int64, count=2 * len(ids)).reshape(-1, 2)
+                mask = _overlap_mask(offsets, spans) if overlap else _start_mask(offsets, spans)
+            if not mask.any():
+                raise EncodeError(f"the {self.template_name} template marks no assistant tokens in this "
+                                  "conversation, so nothing would be trained", where[k])
+            out.append((ids, np.where(mask, ids, IGNORE)))
+        return out
+
+    # ---- rendering
+
+    def _render(self, template: str, messages: list[dict], tools, marks: bool = False,
+                add_generation_prompt: bool = False) -> tuple[str, Spans]:
+        """What apply_chat_template renders (the same transformers function, messages and template variables),
+        and with `marks` the character spans of the `{% generation %}` blocks."""
+        return self._render_many(template, [messages], tools, marks, add_generation_prompt)[0]
+
+    def _render_many(self, template: str, conversations: list[list[dict]], tools, marks: bool,
+                     add_generation_prompt: bool = False) -> list[tuple[str, Spans]]:
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        # apply_chat_template drops the keys whose value is None before rendering (a missing key, not "None")
+        conversations = [[{k: v for k, v in m.items() if v is not None} for m in c] for c in conversations]
+        texts, spans = render_jinja_template(conversations=conversations, tools=tools, chat_template=template,
+                                             return_assistant_tokens_mask=marks,
+                                             add_generation_prompt=add_generation_prompt,
+                                             **self.tok.special_tokens_map)
+        return [(text, [tuple(s) for s in spans[k]] if marks else []) for k, text in enumerate(texts)]
+
+    def _render_all(self, samples: list[dict], where: list[int]) -> list[tuple[str, Spans]]:
+        """Each conversation rendered for its mask. Those without tools go through one render_jinja_template call
+        (its per-call set-up is a tenth of the rendering on short rows); a row with tools gets its own, as the
+        template may pick another variant for them."""
+        if self.mask_mode == "prefix" or any(s.get("tools") for s in samples):
+            return [self._render_for_mask(s, where[k]) for k, s in enumerate(samples)]
+        marks = self.mask_mode == "markers"
+        template = self.mask_template if marks else self.tok.get_chat_template(None, None)
+        return self._render_many(template, [s["messages"] for s in samples], None, marks)
+
+    def _render_for_mask(self, sample: dict, number: int) -> tuple[str, Spans]:
+        messages, tools = sample["messages"], sample.get("tools")
+        if self.mask_mode == "all":
+            return self._render(self.tok.get_chat_template(None, tools), messages, tools)[0], []
+        if self.mask_mode == "markers":
+            return self._render(self.mask_template, messages, tools, marks=True)
+        return self._prefix_spans(messages, tools, number)
+
+    def _plain_ids(self, samples: list[dict], texts: list[str], where: list[int]) -> list:
+        """With trl's training variant: the ids of the conversations as the saved template renders them, None
+        where it renders the same text (the same ids, without tokenising twice)."""
+        plain = [self._render(self.tok.get_chat_template(None, s.get("tools")), s["messages"], s.get("tools"))[0]
+                 for s in samples]
+        differ = [k for k, (p, t) in enumerate(zip(plain, texts)) if p != t]
+        out: list = [None] * len(samples)
+        if differ:
+            ids = self.tok([plain[k] for k in differ], add_special_tokens=False,
+                           return_attention_mask=False)["input_ids"]
+            for k, i in zip(differ, ids):
+                out[k] = np.asarray(i, dtype=np.int64)
+        return out
+
+    def _prefix_spans(self, messages: list[dict], tools, number: int) -> tuple[str, Spans]:
+        """Assistant spans of a template without markers: the text each assistant turn adds to the conversation
+        rendered up to the turn before it (with the generation prompt)."""
+        template = self.tok.get_chat_template(None, tools)
+        full = self._render(template, messages, tools)[0]
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = self._render(template, messages[:i], tools, add_generation_prompt=True)[0] if i else ""
+            upto = self._render(template, messages[:i + 1], tools)[0]
+            if not upto.startswith(before) or not full.startswith(upto):
+                raise EncodeError(
+                    f"the {self.template_name} chat template renders earlier turns differently depending on what "
+                    "follows, so the assistant replies cannot be located; use a template with {% generation %} "
+                    "markers (chatml, zephyr, alpaca or a Jinja file) or set trainer.train_on=all", number)
+            spans.append((len(before), len(upto)))
+        return full, spans
 
     # ---- helpers
 
@@ -141,7 +264,7 @@ class SFTEncoder:
         return text
 
     def _renders_messages(self) -> bool:
-        return self.fmt in ("messages", "alpaca", "prompt_completion")
+        return BY_NAME[self.fmt].chat
 
     def _masking_template(self) -> tuple[Optional[str], str]:
         own = self.tok.chat_template
@@ -157,29 +280,56 @@ class SFTEncoder:
             return patched, "markers"
         return None, "prefix"
 
-    def _prefix_masks(self, messages: list[dict]) -> tuple[list[int], list[int]]:
-        """Assistant spans of a template without markers: the text each assistant turn adds to the conversation
-        rendered up to the turn before it (with the generation prompt)."""
-        render = self.tok.apply_chat_template
-        full = render(messages, tokenize=False)
-        spans = []
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            before = render(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
-            upto = render(messages[:i + 1], tokenize=False)
-            if not upto.startswith(before) or not full.startswith(upto):
-                raise EncodeError(
-                    f"the {self.template_name} chat template renders earlier turns differently depending on what "
-                    "follows, so the assistant replies cannot be located; use a template with {% generation %} "
-                    "markers (chatml, zephyr, alpaca or a Jinja file) or set trainer.train_on=all")
-            spans.append((len(before), len(upto)))
-        if not getattr(self.tok, "is_fast", False):
-            raise EncodeError("locating assistant replies without {% generation %} markers needs a fast tokenizer; "
-                              "use chatml, zephyr, alpaca or a Jinja file with markers, or trainer.train_on=all")
-        out = self.tok(full, add_special_tokens=False, return_offsets_mapping=True)
-        mask = [int(any(a <= start < b for a, b in spans)) for start, _ in out["offset_mapping"]]
-        return list(out["input_ids"]), mask
+
+def _same(ids) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray(ids, dtype=np.int64)
+    return ids, ids.copy()
+
+
+def _overlap_mask(offsets: np.ndarray, spans: Spans) -> np.ndarray:
+    """Tokens overlapping a span, by transformers' rule for `{% generation %}` blocks (apply_chat_template: a token
+    counts when it overlaps a span, so a token straddling a span's edge is trained), without its per-token loop:
+    for each token, the first span ending after the token starts (never moving back, as the loop's cursor), and
+    the token is in when it ends after that span starts."""
+    mask = np.zeros(len(offsets), dtype=bool)
+    if not spans or not len(offsets):
+        return mask
+    bounds = np.asarray(spans, dtype=np.int64)
+    cursor = np.maximum.accumulate(np.searchsorted(bounds[:, 1], offsets[:, 0], side="right"))
+    inside = cursor < len(bounds)
+    mask[inside] = offsets[inside, 1] > bounds[cursor[inside], 0]
+    return mask
+
+
+def _span_mask(encoding, spans: Spans, n: int) -> Optional[np.ndarray]:
+    """`_overlap_mask` from the tokenizer's char -> token index instead of every token's offsets; None where a
+    span's edge falls outside every token or a span is empty (the caller then takes the offsets). Tokens come in
+    text order (their start and end offsets never decrease), so the tokens overlapping [a, b) run from the first
+    holding char a (char_to_token gives the first) to the last starting before b."""
+    mask = np.zeros(n, dtype=bool)
+    for a, b in spans:
+        if b <= a:
+            return None
+        first, last = encoding.char_to_token(a), encoding.char_to_token(b - 1)
+        if first is None or last is None:
+            return None
+        while last + 1 < n and encoding.token_to_chars(last + 1)[0] < b:  # more tokens of a char split in bytes
+            last += 1
+        mask[first:last + 1] = True
+    return mask
+
+
+def _start_mask(offsets: np.ndarray, spans: Spans) -> np.ndarray:
+    """Tokens that start inside a span (the prefix-located replies: a token straddling the edge of a reply belongs
+    to the text before it)."""
+    mask = np.zeros(len(offsets), dtype=bool)
+    if not spans or not len(offsets):
+        return mask
+    bounds = np.asarray(spans, dtype=np.int64)
+    which = np.searchsorted(bounds[:, 0], offsets[:, 0], side="right") - 1
+    inside = which >= 0
+    mask[inside] = offsets[inside, 0] < bounds[which[inside], 1]
+    return mask
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -1,6 +1,10 @@
 """The processed sft datasets: every row encoded (`encode.py`), truncated to the sample limit with counts, packed
 through trl when asked, and cached on disk so that tokenisation runs once.
 
+Encoding and truncation run in `datasets.map` batches on `data.num_proc` processes (null: the cores the job was
+given, counted where the data is tokenised, so a Slurm job counts its own). 1 or N processes give the same
+datasets, so num_proc is not part of the cache key.
+
 The cache lives in `data.cache_dir` (default `<cache root>/data`), one folder per key. The key is a hash of the
 canonical rows (so of the data files and the column mapping), the tokenizer, the chat template, the lengths,
 the packing options, train_on/add_eos_token, the trainer and this code; any change makes a new folder, and a
@@ -23,14 +27,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from launcher import atomic
 from launcher.config.schema import RunConfig
 from launcher.data.encode import IGNORE, EncodeError, SFTEncoder
-from launcher.data.load import DataCheck, effective_template
+from launcher.data.formats import effective_template
+from launcher.data.load import DataCheck
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+BATCH = 256
+"""Rows per tokenizer call (and per datasets.map batch)."""
 SPLITS = ("train", "valid")
 
 
@@ -165,6 +174,7 @@ def cache_key(cfg: RunConfig, tokenizer, data: DataCheck) -> tuple[str, dict]:
                     "max_prompt_length": d.max_prompt_length, "max_completion_length": d.max_completion_length},
         "packing": packing_strategy(cfg),
         "train_on": cfg.trainer.train_on,
+        "train_on_reasoning": cfg.trainer.train_on_reasoning,
         "add_eos_token": d.add_eos_token,
         "trainer": cfg.trainer.name,
         "batch_size": cfg.training.batch_size,  # only the efficiency figures depend on it
@@ -185,7 +195,7 @@ def prepare_sft(cfg: RunConfig, tokenizer, data: DataCheck, use_cache: bool = Tr
             log.warning("data cache %s is unreadable (%s): tokenising again", folder, err)
             _discard(folder)
     with _quiet_datasets():
-        built = _build(cfg, tokenizer, data)
+        built = _build(cfg, tokenizer, data, key)
     if not use_cache:
         return Prepared(*built, folder=None, reused=False, key=key)
     try:
@@ -199,41 +209,32 @@ def prepare_sft(cfg: RunConfig, tokenizer, data: DataCheck, use_cache: bool = Tr
 
 # ---- building
 
-def _build(cfg: RunConfig, tokenizer, data: DataCheck):
-    from datasets import Dataset
-
-    encoder = SFTEncoder(tokenizer, data.format, effective_template(cfg, data.format), cfg.trainer.train_on,
-                         cfg.data.add_eos_token)
+def _build(cfg: RunConfig, tokenizer, data: DataCheck, key: str):
+    encoder = SFTEncoder.for_run(cfg, tokenizer, data.format)
     limit, strategy = sample_limit(cfg), packing_strategy(cfg)
     seq_length = cfg.data.chunk_size if strategy != "none" else 0
     out, samples, stats = {}, {}, {}
     for name, split in _splits(data).items():
         st = SplitStats(rows=len(split.rows), limit=limit, packing=strategy, seq_length=seq_length)
-        columns = {"input_ids": [], "labels": []}
-        for number, enc in enumerate(_encoded(encoder, split), start=1):
-            st.lengths.append(len(enc.input_ids))
-            ids, labels = enc.input_ids, enc.labels
-            if limit and len(ids) > limit:
-                st.truncated += 1
-                st.truncated_tokens += len(ids) - limit
-                ids, labels = ids[:limit], labels[:limit]
-            # The first label is never predicted (labels shift by one inside the model). Counted by list.count:
-            # a generator over every token cost a tenth of the preparation.
-            trained = len(labels) - 1 - labels[1:].count(IGNORE)
-            if trained <= 0:
-                st.dropped += 1
-                continue
-            columns["input_ids"].append(ids)
-            columns["labels"].append(labels)
-            st.real_tokens += len(ids)
-            st.trained_tokens += trained
-        st.samples = len(columns["input_ids"])
+        encoded = _encode_split(encoder, split, limit, _processes(cfg, len(split.rows)), f"{key}-{name}")
+        full, trained = encoded["length"], encoded["trained"]
+        st.lengths = full.tolist()
+        over = full[full > limit] - limit if limit else full[:0]
+        st.truncated, st.truncated_tokens = len(over), int(over.sum())
+        keep = trained > 0  # a sample left with no trained token is dropped (and counted)
+        st.dropped = int((~keep).sum())
+        dataset = encoded["dataset"]
+        if st.dropped:
+            dataset = dataset.select(np.flatnonzero(keep))
+        kept_lengths = (np.minimum(full, limit) if limit else full)[keep]
+        st.real_tokens = int(kept_lengths.sum())
+        st.trained_tokens = int(trained[keep].sum())
+        st.samples = len(dataset)
         if not st.samples:
             raise EncodeError(f"{split.source.describe()}: no sample has a trained token left within {limit} "
                               "tokens: raise data.block_size")
-        dataset = Dataset.from_dict(columns)
         samples[name] = dataset
-        lengths = [len(x) for x in columns["input_ids"]]
+        lengths = kept_lengths.tolist()
         st.unpacked_computed_tokens = _padded_tokens(lengths, cfg.training.batch_size)
         if strategy == "none":
             out[name] = dataset
@@ -244,7 +245,7 @@ def _build(cfg: RunConfig, tokenizer, data: DataCheck):
             packed = pack_dataset(dataset, seq_length, strategy)
             out[name] = packed
             st.sequences = len(packed)
-            packed_lengths = [len(x) for x in packed["input_ids"]]
+            packed_lengths = _row_lengths(packed, "input_ids")
             # bfd is padding-free (a batch is one flattened sequence); wrapped batches pad to their longest.
             st.computed_tokens = (sum(packed_lengths) if strategy == "bfd"
                                   else _padded_tokens(packed_lengths, cfg.training.batch_size))
@@ -254,19 +255,90 @@ def _build(cfg: RunConfig, tokenizer, data: DataCheck):
     return out.get("train"), out.get("valid"), samples, stats
 
 
-def _encoded(encoder: SFTEncoder, split, chunk: int = 256):
-    """The split's rows encoded in chunks (one tokenizer call each); an error names the file and the row."""
-    rows = split.rows
-    for start in range(0, len(rows), chunk):
+def _processes(cfg: RunConfig, rows: int) -> int:
+    """data.num_proc; unset (a Slurm job resolves it where it runs), the cores this job was given."""
+    from launcher.hardware import tokenising_processes
+
+    return tokenising_processes(cfg.data.num_proc, rows)
+
+
+def _encode_split(encoder: SFTEncoder, split, limit: int, num_proc: int, fingerprint: str) -> dict:
+    """The split's rows encoded and cut to `limit` by datasets.map in batches (one tokenizer call each) on
+    `num_proc` processes: {"dataset": input_ids/labels, "length": each row's length before the cut, "trained":
+    its trained tokens after it}. An error names the file and the row."""
+    from datasets import Dataset
+
+    if not split.rows:
+        return {"dataset": Dataset.from_dict({"input_ids": [], "labels": []}), "length": np.zeros(0, np.int64),
+                "trained": np.zeros(0, np.int64)}
+    # At most a process per batch: starting one costs more than a batch (it unpickles the tokenizer).
+    num_proc = max(1, min(num_proc, -(-len(split.rows) // BATCH)))
+    # Not an Arrow column of the rows themselves: it would unify their shapes (a key one tool schema has would
+    # appear as null in every other), and the template must see each row exactly as it is. One process reads
+    # them from the list by index; worker processes get their shard's rows as JSON text (the list would be
+    # pickled whole into every worker).
+    if num_proc > 1:
+        rows, fn = Dataset.from_dict({"row": [json.dumps(r, ensure_ascii=False) for r in split.rows]}), \
+            _EncodeBatch(encoder, limit, split.source.describe())
+    else:
+        rows, fn = Dataset.from_dict({"row": list(range(len(split.rows)))}), \
+            _EncodeBatch(encoder, limit, split.source.describe(), split.rows)
+    with _one_thread_per_process(num_proc):
+        # new_fingerprint: datasets would otherwise hash the encoder (the whole tokenizer) to name the result
+        out = rows.map(fn, batched=True, batch_size=BATCH, with_indices=True, remove_columns=["row"],
+                       num_proc=num_proc if num_proc > 1 else None, new_fingerprint=fingerprint)
+    return {"dataset": out.select_columns(["input_ids", "labels"]),
+            "length": out.data.column("length").to_numpy(), "trained": out.data.column("trained").to_numpy()}
+
+
+def _row_lengths(dataset, column: str) -> list[int]:
+    """Length of each row's list, from Arrow (reading the column would build a Python int per token)."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.with_format("arrow")[column]).to_pylist()
+
+
+class _EncodeBatch:
+    """The datasets.map function (a class, so it pickles into the worker processes with its encoder)."""
+
+    def __init__(self, encoder: SFTEncoder, limit: int, source: str, rows: Optional[list] = None):
+        self.encoder, self.limit, self.source, self.rows = encoder, limit, source, rows
+        """rows: the split's rows, when the batches carry their indices rather than their JSON text."""
+
+    def __call__(self, batch: dict, indices: list[int]) -> dict:
+        rows = ([self.rows[i] for i in batch["row"]] if self.rows is not None
+                else [json.loads(row) for row in batch["row"]])
         try:
-            yield from encoder.many(rows[start:start + chunk])
-        except EncodeError:
-            for number, row in enumerate(rows[start:start + chunk], start=start + 1):
-                try:
-                    encoder(row)
-                except EncodeError as err:
-                    raise EncodeError(f"{split.source.describe()}: row {number}: {err}") from None
-            raise
+            encoded = self.encoder.arrays(rows)
+        except EncodeError as err:
+            number = indices[err.row] + 1 if err.row is not None else indices[0] + 1
+            raise EncodeError(f"{self.source}: row {number}: {err}") from None
+        out = {"input_ids": [], "labels": [], "length": [], "trained": []}
+        for ids, labels in encoded:
+            out["length"].append(len(ids))
+            if self.limit and len(ids) > self.limit:
+                ids, labels = ids[:self.limit], labels[:self.limit]
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+            # The first label is never predicted (labels shift by one inside the model).
+            out["trained"].append(int(np.count_nonzero(labels[1:] != IGNORE)))
+        return out
+
+
+@contextlib.contextmanager
+def _one_thread_per_process(num_proc: int):
+    """Worker processes forked after the tokenizer ran its own threads switch them off, each with a warning;
+    with num_proc processes each runs one thread anyway, so say so up front (the parent's setting comes back
+    after)."""
+    name = "TOKENIZERS_PARALLELISM"
+    if num_proc <= 1 or name in os.environ:
+        yield
+        return
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def _padded_tokens(lengths: list[int], batch_size: int) -> int:

@@ -1,5 +1,5 @@
 """The CPU benchmarks of issue #11 kept from rotting: the generated data, the RESULTS.md writer, the token ratios
-and preprocessing's `--quick` run in the default suite (seconds); the training scripts' `--quick` runs as a user
+in the default suite (seconds; preprocessing's `--quick`: test_preprocessing_quick.py); the training scripts' `--quick` runs as a user
 runs it (a subprocess, marked slow: a minute or two each). The measurements (`--json`) must make sense: the
 assertions are on what was measured (ratios, token counts, losses), never on times, and a quick run must leave
 benchmarks/RESULTS.md as it was."""
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts, imported here as a package
 
 from benchmarks import dataset, results  # noqa: E402
 
@@ -139,10 +140,3 @@ def test_trl_by_hand_quick(tmp_path):
     assert len(trainable) == 1 and trainable.pop() > 0, trainable
     losses = [arm["final_loss"] for arm in arms.values()]
     assert max(losses) - min(losses) < 0.01 * min(losses), losses
-
-
-def test_preprocessing_quick(tmp_path):  # ~10 s: in the default suite
-    m = run_quick("preprocessing.py", tmp_path)
-    assert m["ours/None/1/cold"]["rows"] == m["bare/False/1/cold"]["rows"] == 1000
-    assert m["ours/None/1/cold"]["tokens"] == m["bare/False/1/cold"]["tokens"] == m["bare/True/2/warm"]["tokens"]
-    assert m["ratio"] > 0

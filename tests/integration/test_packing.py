@@ -14,7 +14,7 @@ from launcher.config.schema import RunConfig
 from launcher.data import processed
 from launcher.data.load import check_data
 
-from .conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli
 
 
 def config(tiny, tmp_path, attn="sdpa", **data) -> RunConfig:

@@ -4,7 +4,7 @@ order, each decision a note; afterwards the configuration is the one source of t
 The backend and process count it chooses are tested as the launch plan they make, in distributed/test_launch.py."""
 import pytest
 
-from launcher import resolve as resolve_module
+from launcher import hardware, resolve as resolve_module
 from launcher.hardware import Hardware
 from launcher.resolve import Resolution, resolve
 from tests.unit.helpers import CPU, H100x8, SAMPLES, plan, problems, valid_cfg
@@ -339,7 +339,7 @@ def test_automatic_logging_is_planned_from_the_rows_and_stated():
 
 def test_num_proc_null_is_the_cores_given_with_enough_rows_each_and_stated(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    monkeypatch.setattr(resolve_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     cfg = valid_cfg()
     out = resolve(cfg, CPU, train_rows=5000)  # 2000 rows per process at least: 2 of the 4 cores
     assert cfg.data.num_proc == 2
@@ -353,13 +353,23 @@ def test_num_proc_null_is_the_cores_given_with_enough_rows_each_and_stated(monke
     assert cfg.data.num_proc == 4
 
 
+def test_num_proc_null_is_one_process_on_two_cores_whatever_the_rows(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    cfg = valid_cfg()
+    out = resolve(cfg, CPU, train_rows=1_000_000)
+    assert cfg.data.num_proc == 1
+    assert any("num_proc null -> 1 tokenising process(es) (2 CPU core(s) given to this job: one process, whose "
+               "tokenizer already encodes on every core" in n for n in out.notes), out.notes
+
+
 def test_a_slurm_allocation_gives_its_own_cores_not_the_nodes(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
-    monkeypatch.setattr(resolve_module.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
-    assert resolve_module.cores_given() == 6
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert hardware.cores_given() == 6
     monkeypatch.delenv("SLURM_JOB_ID")
-    assert resolve_module.cores_given() == 64
+    assert hardware.cores_given() == 64
 
 
 def test_num_proc_planned_for_slurm_is_left_to_each_job(monkeypatch):

@@ -5,7 +5,7 @@ import pytest
 
 from launcher import models
 from launcher.config.schema import RunConfig
-from launcher.data import encode, load, processed
+from launcher.data import encode, processed
 from launcher.data.encode import IGNORE
 from launcher.data.load import check_data
 from launcher.embedded import build_tiny_llama
@@ -46,13 +46,13 @@ def test_second_run_reuses_the_cache_without_tokenising(tiny, tmp_path, monkeypa
     mtime = stats_file.stat().st_mtime_ns
 
     calls = []
-    original = encode.SFTEncoder.many
+    original = encode.SFTEncoder.arrays
 
     def counting(self, rows):
         calls.extend(rows)
         return original(self, rows)
 
-    monkeypatch.setattr(encode.SFTEncoder, "many", counting)
+    monkeypatch.setattr(encode.SFTEncoder, "arrays", counting)
     second = prepare(config(tiny, tmp_path))
     assert second.reused and second.folder == first.folder
     assert calls == []  # nothing was tokenised
@@ -168,24 +168,29 @@ def test_an_unwritable_cache_is_not_fatal(tiny, tmp_path):
     assert out.folder is None and len(out.train) == 40
 
 
-@pytest.mark.parametrize("sample, template, train_on", [
-    ("chat", "chatml", "completion"), ("chat", "zephyr", "completion"), ("chat", "tokenizer", "completion"),
-    ("chat", "chatml", "all"), ("alpaca", "alpaca", "completion"), ("text", "none", "completion"),
-    ("prompt_completion", "none", "completion"), ("pirate_chat", "chatml", "completion")])
-def test_encoding_a_batch_gives_what_encoding_each_row_gives(tiny, tmp_path, sample, template, train_on):
-    cfg = config(tiny, tmp_path, sample=sample, template=template)
-    cfg.trainer.train_on = train_on
-    data = check_data(cfg)
-    tokenizer = models.load_tokenizer(cfg)
-    encoder = encode.SFTEncoder(tokenizer, data.format, template, train_on)
-    rows = data.train.rows
-    assert encoder.many(rows) == [encoder(row) for row in rows]
-    batched = encoder._batch([load.sft_row(r, data.format, template != "none") for r in rows])
-    assert (batched is None) == (sample == "prompt_completion")  # the others take the batched path
+@pytest.mark.parametrize("sample, template", [("chat", "chatml"), ("text", "none"), ("prompt_completion", "none")])
+def test_two_processes_give_what_one_gives_under_the_same_key(tiny, tmp_path, monkeypatch, sample, template):
+    monkeypatch.setattr(processed, "BATCH", 8)  # several batches of the 40 rows, so 2 processes do start
+    one = config(tiny, tmp_path, sample=sample, template=template, num_proc=1, block_size=32)
+    two = config(tiny, tmp_path, sample=sample, template=template, num_proc=2, block_size=32)
+    tok = models.load_tokenizer(one)
+    assert processed.cache_key(one, tok, check_data(one)) == processed.cache_key(two, tok, check_data(two))
+    a, b = prepare(one, use_cache=False), prepare(two, use_cache=False)
+    assert a.train["input_ids"] == b.train["input_ids"] and a.train["labels"] == b.train["labels"]
+    assert a.stats == b.stats and a.stats["train"].truncated > 0  # the cut (and dropped) rows too
+    assert a.train.features == b.train.features
 
 
-def test_a_bad_row_in_a_batch_is_named(tiny, tmp_path, monkeypatch):
-    cfg = config(tiny, tmp_path)
+def test_an_unset_num_proc_is_one_process(tiny, tmp_path):
+    cfg = config(tiny, tmp_path, num_proc=None)
+    out = prepare(cfg, use_cache=False)
+    assert out.train["input_ids"] == prepare(config(tiny, tmp_path, num_proc=1), use_cache=False).train["input_ids"]
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_a_bad_row_in_a_batch_is_named(tiny, tmp_path, monkeypatch, num_proc):
+    monkeypatch.setattr(processed, "BATCH", 8)
+    cfg = config(tiny, tmp_path, num_proc=num_proc)
     data = check_data(cfg)
     bad = dict(data.train.rows[3])
     bad["messages"] = [m for m in bad["messages"] if m["role"] != "assistant"]  # nothing to train
