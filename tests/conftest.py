@@ -67,3 +67,14 @@ def run_cli(*args: str | os.PathLike, cwd: str | os.PathLike | None, env: Mappin
         raise AssertionError(f"`{' '.join(command)}` in {cwd} exited {done.returncode}, not {check}:\n"
                              f"{done.stdout[-4000:]}\n{done.stderr[-8000:]}")
     return done
+
+
+def readme_bash_block(heading: str) -> str:
+    """The first ```bash block under a README heading (`## Your own data`), up to the next heading of any level:
+    the README tests run it as written."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    level = heading.split(" ", 1)[0]
+    section = re.search(rf"^{re.escape(heading)}\n(.*?)^#{{2,{len(level)}}} ", text, re.S | re.M).group(1)
+    return re.search(r"^```bash\n(.*?)^```", section, re.S | re.M).group(1)

@@ -5,19 +5,13 @@ import json
 import re
 import subprocess
 
-from tests.conftest import REPO, cli_env
-
-
-def block() -> str:
-    text = (REPO / "README.md").read_text()
-    section = re.search(r"^### Mixtures, streaming, tool calls and reasoning\n(.*?)^## ", text, re.S | re.M).group(1)
-    return re.search(r"^```bash\n(.*?)^```", section, re.S | re.M).group(1)
+from tests.conftest import REPO, cli_env, readme_bash_block
 
 
 def test_the_data_at_scale_block_runs_as_written(tmp_path):
     (tmp_path / "samples").symlink_to(REPO / "samples")
     script = tmp_path / "block.sh"
-    script.write_text("set -euo pipefail\n" + block())
+    script.write_text("set -euo pipefail\n" + readme_bash_block("### Mixtures, streaming, tool calls and reasoning"))
     done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
                           timeout=900)
     out = done.stdout + done.stderr

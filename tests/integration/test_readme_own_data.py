@@ -4,19 +4,13 @@ import json
 import re
 import subprocess
 
-from tests.conftest import REPO, cli_env
-
-
-def walk_block() -> str:
-    text = (REPO / "README.md").read_text()
-    section = re.search(r"^## Your own data\n(.*?)^## ", text, re.S | re.M).group(1)
-    return re.search(r"^```bash\n(.*?)^```", section, re.S | re.M).group(1)
+from tests.conftest import REPO, cli_env, readme_bash_block
 
 
 def test_the_own_data_walk_runs_as_written(tmp_path):
     (tmp_path / "samples").symlink_to(REPO / "samples")
     script = tmp_path / "walk.sh"
-    script.write_text("set -euo pipefail\n" + walk_block())
+    script.write_text("set -euo pipefail\n" + readme_bash_block("## Your own data"))
     env = cli_env()
     done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     out = done.stdout + done.stderr

