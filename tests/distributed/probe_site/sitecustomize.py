@@ -10,20 +10,7 @@ A sitecustomize found further down sys.path still runs.
 import os
 import sys
 
-
-def _worker_config():
-    """CONFIG when this process is `python ... -m launcher.worker CONFIG`, else None."""
-    argv = list(getattr(sys, "orig_argv", []))[1:]  # the interpreter's own arguments, then the program's
-    while argv:
-        arg = argv.pop(0)
-        if arg in ("-X", "-W", "--check-hash-based-pycs"):
-            argv[:1] = []  # an option's value
-        elif arg.startswith("-m"):
-            module = arg[2:] or (argv.pop(0) if argv else "")
-            return argv[0] if module == "launcher.worker" and argv else None
-        elif arg in ("-c", "-") or not arg.startswith("-"):
-            return None  # the program is something else: -c, a script, stdin
-    return None
+from tunelaunch_worker_argv import worker_config
 
 
 def _chain():
@@ -38,7 +25,7 @@ def _chain():
 
 
 if any(os.environ.get(f"TUNELAUNCH_PROBE_{k}") for k in ("DIR", "FAIL_RANK", "STEP_SLEEP", "SAVE_SLEEP")):
-    _config = _worker_config()
+    _config = worker_config()
     if _config is not None:
         import tunelaunch_probe
 

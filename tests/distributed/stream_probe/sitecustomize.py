@@ -11,22 +11,9 @@ first of the run's records, starts). The shipped launcher knows nothing of it.
 import os
 import sys
 
+from tunelaunch_worker_argv import worker_config  # probe_site/, after this folder on PYTHONPATH
+
 STREAM_PROBE_DIR = "TUNELAUNCH_STREAM_PROBE_DIR"
-
-
-def _worker_config():
-    """CONFIG when this process is `python ... -m launcher.worker CONFIG` (not a launcher that starts one)."""
-    argv = list(getattr(sys, "orig_argv", []))[1:]  # the interpreter's own arguments, then the program's
-    while argv:
-        arg = argv.pop(0)
-        if arg in ("-X", "-W", "--check-hash-based-pycs"):
-            argv[:1] = []  # an option's value
-        elif arg.startswith("-m"):
-            module = arg[2:] or (argv.pop(0) if argv else "")
-            return argv[0] if module == "launcher.worker" and argv else None
-        elif arg in ("-c", "-") or not arg.startswith("-"):
-            return None  # the program is something else: -c, a script, stdin
-    return None
 
 
 def _install_stream_probe(out_dir: str) -> None:
@@ -69,7 +56,7 @@ def _install_stream_probe(out_dir: str) -> None:
     atexit.register(dump)
 
 
-_config = _worker_config()
+_config = worker_config()
 if _config is not None:
     if any(os.environ.get(f"TUNELAUNCH_PROBE_{k}") for k in ("DIR", "FAIL_RANK", "STEP_SLEEP", "SAVE_SLEEP")):
         import tunelaunch_probe
