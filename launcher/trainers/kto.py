@@ -90,8 +90,7 @@ def unpaired_datasets(cfg: RunConfig, data, tokenizer) -> tuple:
 
     splits = [s for s in (data.train, data.valid) if s is not None]
     conversational = is_conversational(cfg, splits)
-    # (rows given without their format read as the trainer's first: every unpaired format gives trl one row shape)
-    fmt = BY_NAME[getattr(data, "format", None) or METHODS[cfg.trainer.name].formats[0]]
+    fmt = BY_NAME[data.format]
     if conversational and not tokenizer.chat_template:
         raise ValueError("the unpaired rows hold chat messages but the tokenizer has no chat template: set "
                          "data.chat_template (chatml, zephyr, alpaca or a Jinja file)")

@@ -35,16 +35,16 @@ def split(rows):
 def test_train_rows_are_shuffled_once_and_conversations_are_message_lists():
     rows = [{"prompt": f"Q{i}?", "completion": f"A{i}.", "label": i < 8} for i in range(16)]  # sorted by label
     tokenizer = SimpleNamespace(chat_template="{{ messages }}")
-    train, valid = unpaired_datasets(config(), SimpleNamespace(train=split(rows), valid=None), tokenizer)
+    train, valid = unpaired_datasets(config(), SimpleNamespace(format="unpaired", train=split(rows), valid=None), tokenizer)
     assert valid is None and sorted(train["prompt"]) == sorted(r["prompt"] for r in rows)
     assert train["label"] != [r["label"] for r in rows]  # the seed's order, not the file's
     assert train["label"][:4].count(True) not in (0, 4) or train["label"][4:8].count(True) not in (0, 4)
-    again, _ = unpaired_datasets(config(), SimpleNamespace(train=split(rows), valid=None), tokenizer)
+    again, _ = unpaired_datasets(config(), SimpleNamespace(format="unpaired", train=split(rows), valid=None), tokenizer)
     assert again["prompt"] == train["prompt"]  # the same order on every rank and on resume
 
     cfg = config()
     cfg.data.chat_template = "chatml"
-    train, valid = unpaired_datasets(cfg, SimpleNamespace(train=split(rows), valid=split(rows[:2])), tokenizer)
+    train, valid = unpaired_datasets(cfg, SimpleNamespace(format="unpaired", train=split(rows), valid=split(rows[:2])), tokenizer)
     assert valid[0] == {"prompt": [{"role": "user", "content": "Q0?"}],
                         "completion": [{"role": "assistant", "content": "A0."}], "label": True}
 
