@@ -23,7 +23,6 @@ from launcher.data.formats import BY_NAME, is_conversational
 from launcher.data.load import load_splits
 from launcher.data.templates import stop_tokens
 from launcher.distributed import runtime
-from launcher.methods import METHODS
 from launcher.trainers import packed_pairs
 from launcher.trainers.common import train_and_save, training_kwargs
 from launcher.trainers.dpo import reference_model
