@@ -89,6 +89,7 @@ def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None, train_
     _schedule(cfg, train_rows, out)
     _online(cfg, hw, out)
     _adapter(cfg, hw, out)
+    _eval(cfg, out)
     if cfg.training.deterministic:
         out.notes.append("reproducibility: deterministic kernels; " + (
             "on CPU two runs of this configuration, and a run stopped and resumed, end with identical weights"
@@ -487,6 +488,26 @@ def _absolute_references(cfg: RunConfig) -> None:
         t.json_schema = str(Path(t.json_schema).expanduser().resolve())
     if t.teacher and Path(t.teacher).expanduser().exists():
         t.teacher = str(Path(t.teacher).expanduser().resolve())
+
+
+def _eval(cfg: RunConfig, out: Resolution) -> None:
+    """eval.tasks: task files made absolute (the scoring job reads the run's config.yaml from anywhere), the chat
+    template decision, and where the scoring runs."""
+    e = cfg.eval
+    if not e.tasks:
+        return
+    e.tasks = [str(Path(t).expanduser().resolve()) if t.endswith((".yaml", ".yml")) else t for t in e.tasks]
+    chat = cfg.data.chat_template not in (None, "none")
+    if e.apply_chat_template is None:
+        e.apply_chat_template = chat
+        why = f"trained under the {cfg.data.chat_template} template" if chat else "trained on plain text"
+        out.notes.append(f"eval: apply_chat_template null -> {str(chat).lower()} ({why})")
+    names = ", ".join(Path(t).stem if t.endswith((".yaml", ".yml")) else t for t in e.tasks)
+    where = ("in a one-GPU Slurm job (eval.sbatch) that job.sbatch submits with --dependency=afterok once the run "
+             "finished, so the training allocation is not held" if cfg.cluster.kind == "slurm" else
+             "by rank 0 alone when training ends (lm-eval's one-process path; the other ranks leave)")
+    limit = f", the first {e.limit} examples of each" if e.limit else ""
+    out.notes.append(f"eval: {names}{limit}, {where}; scores in <run>/eval/, `tunelaunch runs` shows them")
 
 
 def _largest_divisor(total: int, below: int) -> int:

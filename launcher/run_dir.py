@@ -46,7 +46,7 @@ RESUME_MAY_CHANGE = (
     "training.epochs", "training.max_steps",  # extend the run (the LR schedule then spans the new length)
     "training.eval_strategy", "training.eval_steps", "training.save_strategy", "training.save_steps",
     "training.save_total_limit", "training.validation_prompt",  # cadence
-    "logging.", "hub.", "cluster.",  # reporting, publishing, the Slurm job (its node count is refused above)
+    "logging.", "hub.", "cluster.", "eval.",  # reporting, publishing, scoring, the Slurm job (its node count: above)
     "training.gradient_checkpointing", "training.auto_find_batch_size", "training.deterministic",
     "model.attn_implementation", "model.liger_kernel", "model.compile", "model.trust_remote_code",  # speed/memory
     "data.cache_dir", "data.num_proc", "peft.merge_adapter",  # where and how fast data is tokenised; the final save

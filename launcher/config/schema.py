@@ -437,14 +437,33 @@ class DistributedConfig:
 
 @dataclass
 class LoggingConfig:
-    report_to: Literal["none", "tensorboard", "wandb"] = "none"
-    """Experiment tracker. [log]"""
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow", "trackio"] = "none"
+    """Experiment tracker. tensorboard writes `<run>/tensorboard`; wandb runs offline without WANDB_API_KEY;
+    mlflow logs to MLFLOW_TRACKING_URI, else a local file store `mlruns/` beside the runs; trackio logs locally
+    (its own store, TRACKIO_DIR) unless told a Space. [log]"""
     steps: int = -1
     """Log every this many optimizer steps; -1 = automatic (about 25 logs per run, at least every step
     for short runs). [logging_steps]"""
     samples_steps: Optional[int] = None
     """grpo, rloo, distill: every this many steps, the sampled prompts, completions and rewards are appended to
     `samples.jsonl` in the run folder; null = every logging step, 0 = never."""
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=list)
+    """lm-evaluation-harness tasks scored on the trained model when training ends: registry names (`arc_easy`,
+    `hellaswag`) or task YAML files (`samples/eval/pirate.yaml`, local data, no network). Results go to
+    `<run>/eval/<task>.json`; `tunelaunch runs` shows them. Empty: no evaluation."""
+    limit: Optional[int] = None
+    """Score only the first N examples of each task (a quick check); null = all of them."""
+    num_fewshot: Optional[int] = None
+    """Examples shown before each question; null = each task's own default."""
+    batch_size: int = 8
+    """Examples scored per forward pass."""
+    apply_chat_template: Optional[bool] = None
+    """Prompt through the run's chat template (lm-eval's --apply_chat_template); null = yes for runs trained
+    under a chat template, no for plain text (the plan says which)."""
 
 
 @dataclass
@@ -618,6 +637,8 @@ class RunConfig:
     """Processes, nodes and the distributed backend."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Metrics logging."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Benchmarks scored after training (lm-evaluation-harness)."""
     hub: HubConfig = field(default_factory=HubConfig)
     """Publishing to the Hugging Face Hub."""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -377,10 +377,32 @@ def packages(cfg):
     needed = (("bitsandbytes", "quantization.mode", cfg.quantization.mode != "none"),
               ("tensorboard", "logging.report_to", cfg.logging.report_to == "tensorboard"),
               ("wandb", "logging.report_to", cfg.logging.report_to == "wandb"),
+              ("mlflow", "logging.report_to", cfg.logging.report_to == "mlflow"),
+              ("trackio", "logging.report_to", cfg.logging.report_to == "trackio"),
+              ("lm_eval", "eval.tasks", bool(cfg.eval.tasks)),
               ("gguf", "model.gguf_file", bool(cfg.model.gguf_file)))
     for package, key, wanted in needed:
         if wanted and importlib.util.find_spec(package) is None:
             yield Problem(key, f"needs the {package} package: pip install {package}")
+
+
+@rule
+def eval_tasks(cfg):
+    """eval.tasks exist (lm-eval's registry, did-you-mean for a misspelling) and task files parse, before training
+    spends hours on a run whose scoring would fail at its end."""
+    import importlib.util
+
+    e = cfg.eval
+    if not e.tasks or importlib.util.find_spec("lm_eval") is None:  # `packages` reports a missing lm-eval
+        return
+    if e.limit is not None and e.limit < 1:
+        yield Problem("eval.limit", f"{e.limit}: a number of examples (1 or more), or null for all")
+    if e.batch_size < 1:
+        yield Problem("eval.batch_size", f"{e.batch_size}: 1 or more")
+    from launcher.evaluation.tasks import check_tasks
+
+    for message in check_tasks(list(e.tasks), Path.cwd()):
+        yield Problem("eval.tasks", message)
 
 
 def _named_choice(key: str, value: str, names: list[str]) -> Iterator[Problem]:

@@ -24,7 +24,7 @@ def nested(key: str, value) -> dict:
 def test_the_list_keys_are_the_ones_this_test_knows():
     assert list_keys() == {"peft.target_modules", "peft.modules_to_save", "trainer.loss_type",
                            "trainer.loss_weights", "cluster.container.mounts", "trainer.rewards",
-                           "trainer.reward_weights", "trainer.tools", "data.datasets", *LINE_LISTS}
+                           "trainer.reward_weights", "trainer.tools", "data.datasets", "eval.tasks", *LINE_LISTS}
 
 
 NUMBER_LISTS = {"trainer.loss_weights", "trainer.reward_weights"}
