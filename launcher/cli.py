@@ -282,17 +282,27 @@ def cmd_push(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from launcher.runs import collect, render
+    from launcher.runs import main as runs_main
 
-    if not Path(args.dir).is_dir():
-        print(f"{args.dir}: no such folder", file=sys.stderr)
-        return 1
-    rows = collect(Path(args.dir))
-    if not rows:
-        print(f"no run folders (with config.yaml and run_state.json) under {args.dir}", file=sys.stderr)
-        return 1
-    print(render(rows, args.sort))
-    return 0
+    return runs_main(args)
+
+
+def cmd_eval(args) -> int:
+    from launcher.evaluation.command import main as eval_main
+
+    return eval_main(args)
+
+
+def cmd_export(args) -> int:
+    from launcher.export.command import main as export_main
+
+    return export_main(args)
+
+
+def cmd_compare(args) -> int:
+    from launcher.compare import main as compare_main
+
+    return compare_main(args)
 
 
 def cmd_logs(args) -> int:
@@ -428,12 +438,26 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("run_dir", help="a finished run folder")
     push.add_argument("--username", help="hub user or organisation, if the run's config has none")
     push.set_defaults(func=cmd_push)
-    runs = sub.add_parser("runs", help="a table of the runs under a folder (a sweep's trials): state, steps, losses")
-    runs.add_argument("dir", help="a folder of run folders (a sweep's), or one run folder")
-    from launcher.runs import SORT_KEYS
+    runs = sub.add_parser("runs", help="a table of the runs under a folder (a sweep's trials): state, steps, losses, "
+                                       "eval scores")
+    from launcher.runs import add_arguments as runs_arguments
 
-    runs.add_argument("--sort", default="run", choices=SORT_KEYS, help="column to sort by (default run)")
+    runs_arguments(runs)
     runs.set_defaults(func=cmd_runs)
+    # The modules behind these commands import only the standard library at the top: building the parser stays fast.
+    from launcher.compare import add_arguments as compare_arguments
+    from launcher.evaluation.command import add_arguments as eval_arguments
+    from launcher.export.command import add_arguments as export_arguments
+
+    evaluate = sub.add_parser("eval", help="score a run (or a model folder) on lm-evaluation-harness tasks")
+    eval_arguments(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
+    export = sub.add_parser("export", help="write a run's merged model as GGUF (llama.cpp, Ollama) or safetensors")
+    export_arguments(export)
+    export.set_defaults(func=cmd_export)
+    compare = sub.add_parser("compare", help="each prompt answered by every run, side by side")
+    compare_arguments(compare)
+    compare.set_defaults(func=cmd_compare)
     logs = sub.add_parser("logs", help="print the log of a run's current Slurm job (-f: follow it while queued)")
     logs.add_argument("run_dir", help="a run folder submitted to Slurm")
     logs.add_argument("-f", "--follow", action="store_true",

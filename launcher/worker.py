@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
     setup_logging(folder / "train.log" if runtime.is_main() else None)
     from launcher import manifest, model_card, run_dir as runs
     from launcher.callbacks import plot_loss_curve
+    from launcher.trackers import log_run_files
     from launcher.methods import METHODS
 
     cfg = runs.read_run_config(folder)  # a resume's new configuration, pending until the checkpoint is loaded
@@ -64,7 +65,12 @@ def main(argv: list[str]) -> int:
             manifest.write(folder, cfg, metrics)
             plot_loss_curve(folder)
             model_card.write(folder, cfg, metrics)
+            log_run_files(folder, cfg)  # the loss curve and configs join the mlflow/trackio run
             runs.write_state(folder, runs.Status.FINISHED, **metrics)
+            if cfg.eval.tasks and cfg.cluster.kind != "slurm":  # on Slurm a dependent job scores it (eval.sbatch)
+                code = _score(folder, log)
+                if code:
+                    return code
             if cfg.hub.push_to_hub:
                 # After the run is marked finished: a failed upload must not send a retry back into training.
                 from launcher.hub import push
@@ -87,6 +93,27 @@ def main(argv: list[str]) -> int:
     finally:
         runtime.teardown()
     return 0
+
+
+def _score(folder: Path, log) -> int:
+    """eval.tasks on the finished run, in rank 0 alone while the others leave (lm-eval's one-process path: the
+    scores do not depend on the world size, and no rank waits in a collective meanwhile). A failure keeps the
+    trained run and says how to score it again, as a failed upload does."""
+    import gc
+
+    gc.collect()  # the trainer's model and optimizer are gone; free their memory before the model loads again
+    try:
+        from launcher.evaluation.run import evaluate_run
+
+        code = evaluate_run(folder)
+    except Exception as err:
+        log.error("the run is saved in %s, but scoring it failed: %s: %s. Retry with `tunelaunch eval %s`.",
+                  folder, type(err).__name__, err, folder)
+        return 3
+    if code:
+        log.error("the run is saved in %s, but scoring it failed (exit %d). Retry with `tunelaunch eval %s`.",
+                  folder, code, folder)
+    return code
 
 
 if __name__ == "__main__":
