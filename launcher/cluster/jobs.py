@@ -33,7 +33,7 @@ import yaml
 from launcher import run_dir as runs
 
 JOBS_FILE = "jobs.tsv"
-ROLES = ("train", "prepare")
+ROLES = ("train", "prepare", "eval")
 EVENTS = ("submitted", "started", "finished", "preempted", "timelimit", "failed", "requeued", "resubmitted",
           "gave_up", "cancelled")
 

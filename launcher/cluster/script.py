@@ -10,6 +10,10 @@ itself runs in the srun tasks, inside the container when `cluster.container` is 
                     last ones: `trl vllm-serve` runs there as its own srun step, the batch step waits until it
                     answers and gives its address to the training tasks as TUNELAUNCH_VLLM_URL; an EXIT trap ends
                     it with the batch step
+    scoring         (eval.tasks) once the run is finished, the batch step submits eval.sbatch with
+                    --dependency=afterok on itself: the scores come from a one-GPU job that starts when this
+                    allocation is released, and only for a run that did finish (a requeue or resubmission never
+                    leaves a second scoring job behind)
     srun            one task per training node: setup lines, then `python -m launcher.cluster.node RUN`; SIGUSR1 (the time
                     limit's warning, `scancel --signal=USR1 --batch`) and SIGTERM are passed on, the workers save
     decide          from RUN/run_state.json: finished; stopped with a checkpoint -> requeue while preemptions and
@@ -32,6 +36,7 @@ from launcher.config.schema import RunConfig
 
 JOB_FILE = "job.sbatch"
 PREPARE_FILE = "prepare.sbatch"
+EVAL_FILE = "eval.sbatch"
 ARRAY_FILE = "sweep.sbatch"
 TRIALS_FILE = "trials.json"
 CODE_DIR = "code"
@@ -103,6 +108,20 @@ def directives(cfg: RunConfig, name: str, output: str, nodes: int | None = None)
         lines += _flag(flag, value)
     lines += [f"--output={output}", "--open-mode=append", f"--signal=B:USR1@{c.signal_lead}", "--requeue"]
     return lines + list(c.extra_directives)
+
+
+def eval_directives(cfg: RunConfig, name: str, output: str) -> list[str]:
+    """The scoring job's options: one task on one node with one GPU (lm-eval's one-process path), the training
+    job's partition, account, qos, constraint, memory and time; none of its multi-node or array options."""
+    c = cfg.cluster
+    lines = [f"--job-name={name}-eval", "--nodes=1", "--ntasks=1"]
+    if c.gpus_per_node and not c.gres:
+        lines.append("--gpus-per-node=1")
+    for flag, value in (("gres", c.gres), ("cpus-per-task", c.cpus_per_task), ("cpus-per-gpu", c.cpus_per_gpu),
+                        ("mem", c.mem), ("mem-per-gpu", c.mem_per_gpu), ("time", c.time), ("partition", c.partition),
+                        ("account", c.account), ("qos", c.qos), ("constraint", c.constraint)):
+        lines += _flag(flag, value)
+    return lines + [f"--output={output}", "--open-mode=append"]
 
 
 def prepare_directives(cfg: RunConfig, name: str, output: str) -> list[str]:
@@ -322,6 +341,7 @@ case "$state" in
   finished)
     record finished
     echo "tunelaunch: finished: $RUN"
+    __EVAL__
     exit 0 ;;
   preempted)
     why=preempted
@@ -411,7 +431,7 @@ def job_script(cfg: RunConfig, run_dir: Path, cwd: Path | None = None) -> str:
     comment = [f"Written by tunelaunch for {run_dir}: `sbatch` this file again to resume the run.",
                "The whole batch step, in bash; it needs only Slurm's commands on this host (launcher/cluster/script.py)."]
     main = (_MAIN.replace("__NODES__", str(job_nodes(cfg))).replace("__LEAD__", str(c.signal_lead))
-            .replace("__VLLM__", vllm_block(cfg, run_dir, cwd))
+            .replace("__VLLM__", vllm_block(cfg, run_dir, cwd)).replace("__EVAL__", eval_block(cfg))
             .replace("__MAX_REQUEUES__", str(c.max_requeues)).replace("__MAX_FAILURES__", str(c.max_failures))
             .replace("__SRUN__", " \\\n  ".join(shlex.quote(a) for a in srun_line(cfg, run_dir, cwd))))
     body = [
@@ -450,6 +470,37 @@ def prepare_script(cfg: RunConfig, run_dir: Path, cwd: Path | None = None) -> st
             f"export SRUN_CPUS_PER_TASK={cfg.cluster.preprocess_cpus}",
             "exec " + " \\\n  ".join(shlex.quote(a) for a in srun)]
     return "\n".join(body) + "\n"
+
+
+def eval_script(cfg: RunConfig, run_dir: Path, cwd: Path | None = None) -> str:
+    """One task that scores the finished run (`tunelaunch eval RUN`, reading its eval.* settings), in the
+    container too when there is one; job.sbatch submits it once training finished."""
+    run_dir = run_dir.resolve()
+    cwd = Path(cwd or os.getcwd()).resolve()
+    output = str(log_dir(cfg, run_dir) / "%x-%j.out")
+    flags, inside = container_flags(cfg, run_dir, cwd)
+    program = [python_for(cfg), "-m", "launcher.cli", "eval", str(run_dir)]
+    srun = ["srun", "--unbuffered", "--ntasks=1", *_flag("cpus-per-task", cfg.cluster.cpus_per_task), *flags,
+            *inside, "bash", "-c", task_command(cfg, program)]
+    body = [*_header(eval_directives(cfg, job_name(run_dir), output),
+                     [f"Written by tunelaunch: scores {run_dir} on eval.tasks once its training job has ended."]),
+            "set -uo pipefail", f"cd {shlex.quote(str(cwd))} || exit 1",
+            *[line for line in environment_lines(cfg, run_dir) if "TUNELAUNCH_SLURM_BATCH" not in line],
+            "exec " + " \\\n  ".join(shlex.quote(a) for a in srun)]
+    return "\n".join(body) + "\n"
+
+
+_SUBMIT_EVAL = r'''if id=$(sbatch --parsable --dependency=afterok:"$SLURM_JOB_ID" --kill-on-invalid-dep=yes "$RUN/__EVAL_FILE__" 2>&1); then
+      id=${id%%;*}
+      printf '%s\t%s\teval\tsubmitted\t%s\n' "$(date +%s)" "$id" "after job $SLURM_JOB_ID" >> "$JOBS"
+      echo "tunelaunch: scoring it on eval.tasks in job $id once this job has ended (tunelaunch runs $RUN shows the scores)"
+    else
+      echo "tunelaunch: sbatch refused the scoring job (${id//$'\n'/ }); score the run with: tunelaunch eval $RUN" >&2
+    fi'''
+
+
+def eval_block(cfg: RunConfig) -> str:
+    return _SUBMIT_EVAL.replace("__EVAL_FILE__", EVAL_FILE) if cfg.eval.tasks else ":  # eval.tasks is empty"
 
 
 def array_script(cfg: RunConfig, base: Path, trials: list[Path]) -> str:

@@ -24,6 +24,8 @@ def write(cfg: RunConfig, run_dir: Path, cwd: Path | None = None) -> list[str]:
     script.log_dir(cfg, run_dir).mkdir(parents=True, exist_ok=True)
     if cfg.cluster.preprocess_job:
         atomic.write_text(run_dir / script.PREPARE_FILE, script.prepare_script(cfg, run_dir, cwd))
+    if cfg.eval.tasks:  # submitted by job.sbatch itself once the run is finished
+        atomic.write_text(run_dir / script.EVAL_FILE, script.eval_script(cfg, run_dir, cwd))
     if cfg.cluster.snapshot:
         snapshot_code(run_dir)
     return ["sbatch", "--parsable", str((run_dir / script.JOB_FILE).resolve())]
@@ -98,6 +100,9 @@ def dry_run(cfg: RunConfig, run_dir: Path) -> str:
     if cfg.cluster.preprocess_job:
         parts.append(f"# {run_dir / script.PREPARE_FILE} (not written)\n{script.prepare_script(cfg, run_dir)}")
     parts.append(f"# {run_dir / script.JOB_FILE} (not written)\n{script.job_script(cfg, run_dir)}")
+    if cfg.eval.tasks:
+        parts.append(f"# {run_dir / script.EVAL_FILE} (not written; job.sbatch submits it once the run is finished)"
+                     f"\n{script.eval_script(cfg, run_dir)}")
     example = 123456
     port = script.port_for(str(example))
     lines = ["# What the job runs (job.sbatch above is its batch step, on the first node, outside any container):",

@@ -194,3 +194,30 @@ def test_rloo_and_distill_train_through_submit(slurm_cluster: SlurmCluster, tmp_
     run = tmp_path / f"{method}-job"
     assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
     assert {json.loads(line)["step"] for line in (run / "samples.jsonl").read_text().splitlines()} == {1, 2}
+
+
+def test_eval_tasks_score_the_run_in_a_job_that_starts_after_training(slurm_cluster: SlurmCluster, tmp_path):
+    """eval.tasks on Slurm: the training job ends (its allocation released), then a one-node job it submitted with
+    --dependency=afterok scores the finished run; `runs` shows the score."""
+    task = REPO / "samples" / "eval" / "pirate.yaml"
+    done = submit(tmp_path, *TINY, "training.max_steps=2", f"eval.tasks=[{task}]", "eval.limit=4",
+                  "project_name=scored", env=job_env())
+    train = submitted_id(done.stdout)
+    trained = wait_for_job(train, timeout=600)
+    log = job_output(trained)
+    assert trained["JobState"] == "COMPLETED", log[-3000:]
+    run = tmp_path / "scored"
+    assert not (run / "eval").exists() or not any((run / "eval").iterdir())  # training did not score it itself
+    events = [line.split("\t") for line in (run / "jobs.tsv").read_text().splitlines()]
+    scoring = [e for e in events if e[2] == "eval"]
+    assert [e[3] for e in scoring] == ["submitted"], events
+    scorer = scoring[0][1]
+    assert scorer != train and f"in job {scorer} once this job has ended" in log
+    scored = wait_for_job(scorer, timeout=600)
+    assert scored["JobState"] == "COMPLETED", job_output(scored)[-3000:]
+    assert scored["NumNodes"] == "1" and scored["JobName"] == "scored-eval"
+    assert scored["StartTime"] >= trained["EndTime"]  # ISO times: it waited for the training job to end
+    results = json.loads((run / "eval" / "pirate.json").read_text())
+    assert results["results"]["pirate"]["acc,none"] is not None
+    table = run_cli("runs", str(run), cwd=tmp_path)
+    assert table.returncode == 0 and "pirate/acc" in table.stdout, table.stdout + table.stderr

@@ -76,7 +76,7 @@ def test_bash_lines_are_read_too(tmp_path):
 
 def test_record_refuses_what_would_break_the_format(tmp_path):
     with pytest.raises(ValueError, match="role"):
-        jobs.record(tmp_path, 1, "eval", "submitted")
+        jobs.record(tmp_path, 1, "score", "submitted")
     with pytest.raises(ValueError, match="event"):
         jobs.record(tmp_path, 1, "train", "exploded")
     with pytest.raises(ValueError, match="job id"):
