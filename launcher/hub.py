@@ -12,7 +12,10 @@ from launcher.config.schema import RunConfig
 
 log = logging.getLogger(__name__)
 # Checkpoints and logs stay local; the repository gets the model, tokenizer, card and the redacted configs.
-UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.log", "runs/**", ".*", "run_state.json", "launch.json"]
+# export/ holds `tunelaunch export`'s GGUF and safetensors copies (hundreds of MB each): the model is uploaded once;
+# tracker.json points into a local mlflow/trackio store.
+UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.log", "runs/**", ".*", "run_state.json", "launch.json",
+                 "export/**", "tracker.json"]
 
 
 def repo_id(cfg: RunConfig) -> str:
