@@ -37,11 +37,40 @@ class ValidationPromptCallback(TrainerCallback):
             fh.write(json.dumps(self.samples[-1]) + "\n")
 
 
+class TrackerRunCallback(TrainerCallback):
+    """Ties the mlflow or trackio run to the run folder (the Trainer's output_dir): launcher.trackers says how.
+    mlflow's run starts when the Trainer is built and ends with training; trackio's is opened by transformers'
+    TrackioCallback at train begin, and gets our parameters right after."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.mlflow_run: str | None = None
+
+    def on_init_end(self, args, state, control, **kwargs):
+        from launcher import trackers
+
+        if self.mlflow_run is None:
+            self.mlflow_run = trackers.on_trainer_built(self.cfg, Path(args.output_dir))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from launcher import trackers
+
+        trackers.on_train_begin(self.cfg, Path(args.output_dir))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        from launcher import trackers
+
+        if self.mlflow_run is not None:
+            trackers.end_mlflow_run()
+            self.mlflow_run = None
+
+
 def run_callbacks(cfg, tokenizer) -> list[TrainerCallback]:
     """The callbacks a run's configuration asks for (the stop-on-signal one is added by checkpointing)."""
     from launcher.data.templates import stop_tokens
+    from launcher.trackers import TRACKERS
 
-    callbacks: list[TrainerCallback] = []
+    callbacks: list[TrainerCallback] = [TrackerRunCallback(cfg)] if cfg.logging.report_to in TRACKERS else []
     if cfg.training.validation_prompt:
         callbacks.append(ValidationPromptCallback(cfg.training.validation_prompt, tokenizer,
                                                   cfg.data.chat_template != "none",

@@ -6,8 +6,14 @@ from pathlib import Path
 
 def tracker_environment(report_to: str, run_dir: Path, project: str, environ: dict) -> dict:
     """Environment for the experiment tracker, so its files land in the run folder. wandb without an API key
-    runs offline (nothing is sent; `wandb sync` uploads later) instead of prompting or failing."""
+    runs offline (nothing is sent; `wandb sync` uploads later) instead of prompting or failing. mlflow logs to
+    MLFLOW_TRACKING_URI, else to the store `mlruns/` beside the run folder; trackio needs nothing here: its own
+    local store (TRACKIO_DIR) unless the user names a Space (launcher.trackers)."""
     env = {}
+    if report_to == "mlflow":
+        from launcher.trackers import mlflow_environment
+
+        env.update(mlflow_environment(run_dir, environ))
     if report_to == "tensorboard":
         env["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     if report_to == "wandb":

@@ -12,6 +12,7 @@ from launcher.checkpointing import prepare_trainer
 from launcher.config.schema import RunConfig
 from launcher.distributed import runtime
 from launcher.resolve import LOGS_PER_RUN, planned_steps  # noqa: F401 (planned_steps: the trainers' import)
+from launcher.trackers import trainer_arguments
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def training_kwargs(cfg: RunConfig, run_dir: Path, train_rows: int, has_eval: bo
         auto_find_batch_size=t.auto_find_batch_size,
         logging_steps=logging_steps(cfg, steps),
         logging_first_step=True,
-        report_to=[] if cfg.logging.report_to == "none" else [cfg.logging.report_to],
+        **trainer_arguments(cfg, run_dir),  # report_to, and the tracker run's name (launcher.trackers)
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
         ddp_timeout=cfg.distributed.timeout_minutes * 60,  # the process group's timeout (NCCL's and gloo's)
