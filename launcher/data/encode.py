@@ -14,11 +14,12 @@ With train_on=all every token is trained.
 
 How (the same ids and labels as `tokenizer.apply_chat_template(..., return_assistant_tokens_mask=True)`, at the
 speed of a bare batched tokenizer call): each conversation is rendered with transformers' own Jinja path
-(`render_jinja_template`, which also returns the character spans of the `{% generation %}` blocks), all rendered
-texts of a batch are tokenised in ONE fast-tokenizer call, and each span becomes a slice of a numpy mask through
-the tokenizer's char -> token index (a few lookups a reply; every token's offsets only where that cannot answer).
-transformers builds that mask with a Python loop over every token, which cost more than the tokenisation itself
-(benchmarks/preprocessing.py).
+(`render_jinja_template`, which also returns the character spans of the `{% generation %}` blocks) or, for plain
+conversations under the chatml and zephyr templates, by string building proven to render the same
+(launcher.data.fast_render); all rendered texts of a batch are tokenised in ONE fast-tokenizer call, and each
+span becomes a slice of a numpy mask through the tokenizer's char -> token index (a few lookups a reply; every
+token's offsets only where that cannot answer). transformers builds that mask with a Python loop over every token,
+which cost more than the tokenisation itself (benchmarks/preprocessing.py).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from typing import Optional
 
 import numpy as np
 
+from launcher.data.fast_render import fast_renderer, is_plain, plain_turns
 from launcher.data.formats import BY_NAME
 from launcher.data.reasoning import untrained_reasoning
 from launcher.data.templates import has_generation_markers
@@ -79,6 +81,8 @@ class SFTEncoder:
         self.mask_mode = "all" if train_on == "all" else "completion"
         if self.chat and train_on == "completion" and self._renders_messages():
             self.mask_template, self.mask_mode = self._masking_template()
+        self.plain_renderer = self._plain_renderer()
+        """Plain conversations rendered by string building (launcher.data.fast_render), where proven identical."""
 
     @classmethod
     def for_run(cls, cfg, tokenizer, fmt: str) -> "SFTEncoder":
@@ -205,14 +209,31 @@ class SFTEncoder:
         return [(text, [tuple(s) for s in spans[k]] if marks else []) for k, text in enumerate(texts)]
 
     def _render_all(self, samples: list[dict], where: list[int]) -> list[tuple[str, Spans]]:
-        """Each conversation rendered for its mask. Those without tools go through one render_jinja_template call
-        (its per-call set-up is a tenth of the rendering on short rows); a row with tools gets its own, as the
-        template may pick another variant for them."""
-        if self.mask_mode == "prefix" or any(s.get("tools") for s in samples):
+        """Each conversation rendered for its mask. Plain conversations by string building where the template
+        allows it (`plain_renderer`); the others without tools through one render_jinja_template call (its
+        per-call set-up is a tenth of the rendering on short rows); a row with tools gets its own, as the template
+        may pick another variant for them."""
+        if self.mask_mode == "prefix":
             return [self._render_for_mask(s, where[k]) for k, s in enumerate(samples)]
         marks = self.mask_mode == "markers"
-        template = self.mask_template if marks else self.tok.get_chat_template(None, None)
-        return self._render_many(template, [s["messages"] for s in samples], None, marks)
+        out: list = [None] * len(samples)
+        jinja, alone = [], []
+        for k, sample in enumerate(samples):
+            if sample.get("tools"):
+                alone.append(k)
+            elif self.plain_renderer is not None and is_plain(sample["messages"]):
+                text, spans = self.plain_renderer.render(plain_turns(sample["messages"]))
+                out[k] = (text, spans if marks else [])
+            else:
+                jinja.append(k)
+        if jinja:
+            template = self.mask_template if marks else self.tok.get_chat_template(None, None)
+            rendered = self._render_many(template, [samples[k]["messages"] for k in jinja], None, marks)
+            for k, one in zip(jinja, rendered):
+                out[k] = one
+        for k in alone:
+            out[k] = self._render_for_mask(samples[k], where[k])
+        return out
 
     def _render_for_mask(self, sample: dict, number: int) -> tuple[str, Spans]:
         messages, tools = sample["messages"], sample.get("tools")
@@ -265,6 +286,14 @@ class SFTEncoder:
 
     def _renders_messages(self) -> bool:
         return BY_NAME[self.fmt].chat
+
+    def _plain_renderer(self):
+        """The string-building renderer of the template the conversations are rendered with, or None (no chat
+        rows, replies located by prefixes, a template string building does not reproduce)."""
+        if not (self.chat and self._renders_messages()) or self.mask_mode == "prefix":
+            return None
+        template = self.mask_template if self.mask_mode == "markers" else self.tok.chat_template
+        return fast_renderer(template if isinstance(template, str) else None, self.tok.special_tokens_map)
 
     def _masking_template(self) -> tuple[Optional[str], str]:
         own = self.tok.chat_template

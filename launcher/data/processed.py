@@ -1,9 +1,10 @@
 """The processed sft datasets: every row encoded (`encode.py`), truncated to the sample limit with counts, packed
 through trl when asked, and cached on disk so that tokenisation runs once.
 
-Encoding and truncation run in `datasets.map` batches on `data.num_proc` processes (null: the cores the job was
-given, counted where the data is tokenised, so a Slurm job counts its own). 1 or N processes give the same
-datasets, so num_proc is not part of the cache key.
+Encoding and truncation run in batches on `data.num_proc` processes (null: the cores the job was given, counted
+where the data is tokenised, so a Slurm job counts its own): worker processes through `datasets.map`, one process
+in two threads that overlap the tokenizer's calls with the Python work (and, packed, the packing) of the other
+batches. 1 or N processes give the same datasets, so num_proc is not part of the cache key.
 
 The cache lives in `data.cache_dir` (default `<cache root>/data`), one folder per key. The key is a hash of the
 canonical rows (so of the data files and the column mapping), the tokenizer, the chat template, the lengths,
@@ -18,6 +19,7 @@ with packing `train-samples/` and `valid-samples/` keep the unpacked samples tha
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -25,7 +27,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -216,12 +218,13 @@ def _build(cfg: RunConfig, tokenizer, data: DataCheck, key: str):
     out, samples, stats = {}, {}, {}
     for name, split in _splits(data).items():
         st = SplitStats(rows=len(split.rows), limit=limit, packing=strategy, seq_length=seq_length)
-        encoded = _encode_split(encoder, split, limit, _processes(cfg, len(split.rows)), f"{key}-{name}")
+        pack = functools.partial(_pack, seq_length=seq_length, strategy=strategy) if strategy != "none" else None
+        encoded = _encode_split(encoder, split, limit, _processes(cfg, len(split.rows)), f"{key}-{name}", pack)
         full, trained = encoded["length"], encoded["trained"]
         st.lengths = full.tolist()
         over = full[full > limit] - limit if limit else full[:0]
         st.truncated, st.truncated_tokens = len(over), int(over.sum())
-        keep = trained > 0  # a sample left with no trained token is dropped (and counted)
+        keep = _kept(trained)
         st.dropped = int((~keep).sum())
         dataset = encoded["dataset"]
         if st.dropped:
@@ -240,9 +243,7 @@ def _build(cfg: RunConfig, tokenizer, data: DataCheck, key: str):
             out[name] = dataset
             st.sequences, st.computed_tokens = st.samples, st.unpacked_computed_tokens
         else:
-            from trl.data_utils import pack_dataset
-
-            packed = pack_dataset(dataset, seq_length, strategy)
+            packed = encoded["packed"] if "packed" in encoded else pack(dataset)
             out[name] = packed
             st.sequences = len(packed)
             packed_lengths = _row_lengths(packed, "input_ids")
@@ -255,6 +256,22 @@ def _build(cfg: RunConfig, tokenizer, data: DataCheck, key: str):
     return out.get("train"), out.get("valid"), samples, stats
 
 
+def _kept(trained: np.ndarray) -> np.ndarray:
+    """The samples kept: a sample left with no trained token is dropped (and counted)."""
+    return trained > 0
+
+
+PACK_BATCH = 1000
+"""Samples per packing batch. trl's pack_dataset packs each batch of its datasets.map on its own (bins never span
+two batches), so the samples can be packed a batch at a time as soon as they are encoded, with the same result."""
+
+
+def _pack(dataset, seq_length: int, strategy: str):
+    from trl.data_utils import pack_dataset
+
+    return pack_dataset(dataset, seq_length, strategy, map_kwargs={"batch_size": PACK_BATCH})
+
+
 def _processes(cfg: RunConfig, rows: int) -> int:
     """data.num_proc; unset (a Slurm job resolves it where it runs), the cores this job was given."""
     from launcher.hardware import tokenising_processes
@@ -262,10 +279,13 @@ def _processes(cfg: RunConfig, rows: int) -> int:
     return tokenising_processes(cfg.data.num_proc, rows)
 
 
-def _encode_split(encoder: SFTEncoder, split, limit: int, num_proc: int, fingerprint: str) -> dict:
-    """The split's rows encoded and cut to `limit` by datasets.map in batches (one tokenizer call each) on
-    `num_proc` processes: {"dataset": input_ids/labels, "length": each row's length before the cut, "trained":
-    its trained tokens after it}. An error names the file and the row."""
+def _encode_split(encoder: SFTEncoder, split, limit: int, num_proc: int, fingerprint: str,
+                  pack: Optional[Callable] = None) -> dict:
+    """The split's rows encoded and cut to `limit` in batches (one tokenizer call each) on `num_proc` processes:
+    {"dataset": input_ids/labels, "length": each row's length before the cut, "trained": its trained tokens after
+    it}, and in one process with `pack` (`_pack` of a dataset of kept samples) "packed": the kept samples packed
+    (when any are kept).
+    An error names the file and the row."""
     from datasets import Dataset
 
     if not split.rows:
@@ -273,22 +293,93 @@ def _encode_split(encoder: SFTEncoder, split, limit: int, num_proc: int, fingerp
                 "trained": np.zeros(0, np.int64)}
     # At most a process per batch: starting one costs more than a batch (it unpickles the tokenizer).
     num_proc = max(1, min(num_proc, -(-len(split.rows) // BATCH)))
-    # Not an Arrow column of the rows themselves: it would unify their shapes (a key one tool schema has would
-    # appear as null in every other), and the template must see each row exactly as it is. One process reads
-    # them from the list by index; worker processes get their shard's rows as JSON text (the list would be
-    # pickled whole into every worker).
-    if num_proc > 1:
-        rows, fn = Dataset.from_dict({"row": [json.dumps(r, ensure_ascii=False) for r in split.rows]}), \
-            _EncodeBatch(encoder, limit, split.source.describe())
-    else:
-        rows, fn = Dataset.from_dict({"row": list(range(len(split.rows)))}), \
-            _EncodeBatch(encoder, limit, split.source.describe(), split.rows)
+    if num_proc == 1:
+        return _encode_in_process(_EncodeBatch(encoder, limit, split.source.describe(), split.rows),
+                                  len(split.rows), fingerprint, pack)
+    # Worker processes through datasets.map. Not an Arrow column of the rows themselves: it would unify their
+    # shapes (a key one tool schema has would appear as null in every other), and the template must see each row
+    # exactly as it is; the workers get their shard's rows as JSON text (the list would be pickled whole into
+    # every worker).
+    rows = Dataset.from_dict({"row": [json.dumps(r, ensure_ascii=False) for r in split.rows]})
+    fn = _EncodeBatch(encoder, limit, split.source.describe())
     with _one_thread_per_process(num_proc):
         # new_fingerprint: datasets would otherwise hash the encoder (the whole tokenizer) to name the result
         out = rows.map(fn, batched=True, batch_size=BATCH, with_indices=True, remove_columns=["row"],
-                       num_proc=num_proc if num_proc > 1 else None, new_fingerprint=fingerprint)
+                       num_proc=num_proc, new_fingerprint=fingerprint)
     return {"dataset": out.select_columns(["input_ids", "labels"]),
             "length": out.data.column("length").to_numpy(), "trained": out.data.column("trained").to_numpy()}
+
+
+def _encode_in_process(fn: "_EncodeBatch", rows: int, fingerprint: str, pack: Optional[Callable] = None) -> dict:
+    """`_encode_split` in this process. The batches are driven here rather than by datasets.map, for what that
+    gains on 20k chat rows (benchmarks/preprocessing.py): the tokenizer's batch call runs in Rust without the GIL,
+    so while it runs a second thread renders and masks another batch, and this thread packs the samples encoded
+    so far (Python's share of the work overlaps the tokenizer's instead of adding to it); and each column is built
+    once from the batches' arrays (Arrow list arrays over the concatenated tokens) rather than converted row by
+    row."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from datasets import concatenate_datasets
+
+    batches = [range(start, min(start + BATCH, rows)) for start in range(0, rows, BATCH)]
+    done, packed, waiting = [], [], {"input_ids": [], "labels": []}  # waiting: kept samples not yet packed
+
+    def take(batch: dict, last: bool) -> None:
+        done.append(batch)
+        if pack is None:
+            return
+        for name in waiting:
+            waiting[name] += [a for a, kept in zip(batch[name], _kept(batch["trained"])) if kept]
+        while len(waiting["input_ids"]) >= PACK_BATCH or (last and waiting["input_ids"]):
+            chunk = {name: kept[:PACK_BATCH] for name, kept in waiting.items()}
+            packed.append(pack(_samples_dataset([chunk], f"{fingerprint}-{len(packed)}")))
+            for name in waiting:
+                del waiting[name][:PACK_BATCH]
+
+    # The first batch alone: the tokenizer's first call may set its options (truncation, padding), which must not
+    # change under a call running in the other thread. After it every call finds them set and only reads them.
+    take(fn.cut(batches[0]), last=len(batches) == 1)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode") as pool:
+        # in order, each as soon as it is done; an error stops here and names its row
+        for k, batch in enumerate(pool.map(fn.cut, batches[1:]), start=2):
+            take(batch, last=k == len(batches))
+    out = {"dataset": _samples_dataset(done, fingerprint),
+           "length": np.concatenate([batch["length"] for batch in done]),
+           "trained": np.concatenate([batch["trained"] for batch in done])}
+    if packed:
+        out["packed"] = concatenate_datasets(packed)
+    return out
+
+
+def _samples_dataset(batches: list[dict], fingerprint: str):
+    """A dataset of input_ids/labels from batches of their arrays. Named by `fingerprint` (unique to the data):
+    datasets would otherwise hash every token to name it."""
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    columns = {name: pa.chunked_array([_list_array(batch[name], value_type) for batch in batches],
+                                      type=pa.list_(value_type)) for name, value_type in _column_types().items()}
+    return Dataset(InMemoryTable(pa.table(columns)), fingerprint=fingerprint)
+
+
+def _column_types() -> dict:
+    """The samples' Arrow types: those datasets.map gives them in the worker processes (it stores a column named
+    input_ids as int32, which every vocabulary fits), so that one process and several prepare the same dataset."""
+    import pyarrow as pa
+
+    return {"input_ids": pa.int32(), "labels": pa.int64()}
+
+
+def _list_array(arrays: list[np.ndarray], value_type):
+    """One Arrow list array over int64 arrays (their concatenation and its offsets: no per-row conversion), its
+    values cast to `value_type` (a safe cast: a value out of its range raises)."""
+    import pyarrow as pa
+
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    values = pa.array(np.concatenate(arrays) if arrays else np.zeros(0, np.int64)).cast(value_type)
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
 def _row_lengths(dataset, column: str) -> list[int]:
@@ -299,30 +390,35 @@ def _row_lengths(dataset, column: str) -> list[int]:
 
 
 class _EncodeBatch:
-    """The datasets.map function (a class, so it pickles into the worker processes with its encoder)."""
+    """Encodes and cuts a batch of a split's rows: the datasets.map function of the worker processes (a class, so
+    it pickles into them with its encoder), and `cut` in this process."""
 
     def __init__(self, encoder: SFTEncoder, limit: int, source: str, rows: Optional[list] = None):
         self.encoder, self.limit, self.source, self.rows = encoder, limit, source, rows
-        """rows: the split's rows, when the batches carry their indices rather than their JSON text."""
+        """rows: the split's rows, when batches name them by index rather than carry their JSON text."""
 
     def __call__(self, batch: dict, indices: list[int]) -> dict:
-        rows = ([self.rows[i] for i in batch["row"]] if self.rows is not None
-                else [json.loads(row) for row in batch["row"]])
+        out = self._encode([json.loads(row) for row in batch["row"]], indices)
+        return {**out, "length": out["length"].tolist(), "trained": out["trained"].tolist()}
+
+    def cut(self, indices) -> dict:
+        """The rows at these indices of `rows`, encoded and cut."""
+        return self._encode([self.rows[i] for i in indices], indices)
+
+    def _encode(self, rows: list[dict], indices) -> dict:
         try:
             encoded = self.encoder.arrays(rows)
         except EncodeError as err:
             number = indices[err.row] + 1 if err.row is not None else indices[0] + 1
             raise EncodeError(f"{self.source}: row {number}: {err}") from None
-        out = {"input_ids": [], "labels": [], "length": [], "trained": []}
-        for ids, labels in encoded:
-            out["length"].append(len(ids))
-            if self.limit and len(ids) > self.limit:
-                ids, labels = ids[:self.limit], labels[:self.limit]
-            out["input_ids"].append(ids)
-            out["labels"].append(labels)
-            # The first label is never predicted (labels shift by one inside the model).
-            out["trained"].append(int(np.count_nonzero(labels[1:] != IGNORE)))
-        return out
+        length = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=len(encoded))
+        if self.limit:
+            encoded = [(ids[:self.limit], labels[:self.limit]) for ids, labels in encoded]
+        # The first label is never predicted (labels shift by one inside the model).
+        trained = np.fromiter((np.count_nonzero(labels[1:] != IGNORE) for _, labels in encoded), dtype=np.int64,
+                              count=len(encoded))
+        return {"input_ids": [ids for ids, _ in encoded], "labels": [labels for _, labels in encoded],
+                "length": length, "trained": trained}
 
 
 @contextlib.contextmanager
@@ -404,9 +500,8 @@ def _sha(text: str | bytes) -> str:
 
 def _rows_hash(rows: list) -> str:
     h = hashlib.sha256()
-    for row in rows:
-        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
-        h.update(b"\n")
+    for start in range(0, len(rows), 1000):  # a JSON list at a time: a third less than a dumps call per row
+        h.update(json.dumps(rows[start:start + 1000], sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -425,8 +520,8 @@ def _tokenizer_hash(tokenizer) -> str:
 
 def _code_hash() -> str:
     here = Path(__file__).resolve().parent
-    return _sha(b"".join((here / name).read_bytes() for name in ("encode.py", "processed.py", "templates.py",
-                                                                    "load.py", "formats.py")))[:16]
+    return _sha(b"".join((here / name).read_bytes() for name in ("encode.py", "fast_render.py", "processed.py",
+                                                                    "templates.py", "load.py", "formats.py")))[:16]
 
 
 @contextlib.contextmanager
