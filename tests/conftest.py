@@ -78,3 +78,16 @@ def readme_bash_block(heading: str) -> str:
     level = heading.split(" ", 1)[0]
     section = re.search(rf"^{re.escape(heading)}\n(.*?)^#{{2,{len(level)}}} ", text, re.S | re.M).group(1)
     return re.search(r"^```bash\n(.*?)^```", section, re.S | re.M).group(1)
+
+
+def run_readme_block(heading: str, folder: Path, timeout: float) -> tuple[subprocess.CompletedProcess, str]:
+    """The README's bash block under `heading`, run as written (`set -euo pipefail` first) in `folder` with the
+    repository's samples/ beside it, as in a checkout, and `tunelaunch` on the PATH as an activated venv has it.
+    Returns the finished process and its stdout + stderr."""
+    (folder / "samples").symlink_to(REPO / "samples")
+    script = folder / "readme_block.sh"
+    script.write_text("set -euo pipefail\n" + readme_bash_block(heading))
+    done = subprocess.run(["bash", str(script)], cwd=folder, env=cli_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    return done, done.stdout + done.stderr
+

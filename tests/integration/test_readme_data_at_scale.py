@@ -3,18 +3,12 @@ folder (with the repository's samples/ beside it, as in a checkout), `tunelaunch
 has it."""
 import json
 import re
-import subprocess
 
-from tests.conftest import REPO, cli_env, readme_bash_block
+from tests.conftest import run_readme_block
 
 
 def test_the_data_at_scale_block_runs_as_written(tmp_path):
-    (tmp_path / "samples").symlink_to(REPO / "samples")
-    script = tmp_path / "block.sh"
-    script.write_text("set -euo pipefail\n" + readme_bash_block("### Mixtures, streaming, tool calls and reasoning"))
-    done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
-                          timeout=900)
-    out = done.stdout + done.stderr
+    done, out = run_readme_block("### Mixtures, streaming, tool calls and reasoning", tmp_path, timeout=900)
     assert done.returncode == 0, out[-5000:]
 
     # the mixture: every source with its rows before and after weighting and the realised shares; samples labelled

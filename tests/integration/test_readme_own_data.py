@@ -2,18 +2,12 @@
 samples/ beside it, as in a checkout), `tunelaunch` on the PATH as an activated venv has it."""
 import json
 import re
-import subprocess
 
-from tests.conftest import REPO, cli_env, readme_bash_block
+from tests.conftest import run_readme_block
 
 
 def test_the_own_data_walk_runs_as_written(tmp_path):
-    (tmp_path / "samples").symlink_to(REPO / "samples")
-    script = tmp_path / "walk.sh"
-    script.write_text("set -euo pipefail\n" + readme_bash_block("## Your own data"))
-    env = cli_env()
-    done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    out = done.stdout + done.stderr
+    done, out = run_readme_block("## Your own data", tmp_path, timeout=900)
     assert done.returncode == 0, out[-5000:]
     # plan: the file's held-out rows and the run's name, stated
     assert "validation: 20% of train.csv held out (2 rows, seed 42); training uses the other 8" in out
