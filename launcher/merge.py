@@ -20,8 +20,29 @@ class MergeError(RuntimeError):
     pass
 
 
-def merge_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
+def load_merged(folder: str | Path, dtype=torch.float32, score_head: bool = False):
+    """The model of a folder in memory, its LoRA adapter (adapter_config.json) folded into the base weights; a
+    full model folder's model as it is. The folder is left untouched (`tunelaunch merge` writes a merged copy;
+    `eval` and `export` merge in memory). A merge that fails or leaves LoRA weights raises MergeError."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    folder = Path(folder)
+    if not (folder / "adapter_config.json").is_file():
+        loader = AutoModelForSequenceClassification if score_head else AutoModelForCausalLM
+        return loader.from_pretrained(folder, dtype=dtype)
     from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
+
+    loader = AutoPeftModelForSequenceClassification if score_head else AutoPeftModelForCausalLM
+    try:
+        merged = loader.from_pretrained(folder, dtype=dtype).merge_and_unload()
+    except Exception as err:  # any failure here means no standalone model: say so loudly
+        raise MergeError(f"merging the adapter of {folder} failed: {type(err).__name__}: {err}") from err
+    if any("lora_" in name for name, _ in merged.named_parameters()):
+        raise MergeError(f"merging the adapter of {folder} left LoRA weights in the model; the merge did not happen")
+    return merged
+
+
+def merge_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     from transformers import AutoTokenizer
 
     from launcher.console import hide_model_file_bars
@@ -38,14 +59,7 @@ def merge_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
         score_head = METHODS[read_config(run_dir).trainer.name].score_head
     else:  # a bare adapter folder: peft's own record
         score_head = json.loads(adapter_config.read_text()).get("task_type") == "SEQ_CLS"
-    loader = AutoPeftModelForSequenceClassification if score_head else AutoPeftModelForCausalLM
-    try:
-        model = loader.from_pretrained(run_dir, dtype=torch.float32)
-        merged = model.merge_and_unload()
-    except Exception as err:  # any failure here means no standalone model: say so loudly
-        raise MergeError(f"merging the adapter of {run_dir} failed: {type(err).__name__}: {err}") from err
-    if any("lora_" in name for name, _ in merged.named_parameters()):
-        raise MergeError("the merged model still holds LoRA weights; the merge did not happen")
+    merged = load_merged(run_dir, torch.float32, score_head)
     merged.save_pretrained(output)
     AutoTokenizer.from_pretrained(run_dir).save_pretrained(output)
     return output

@@ -202,9 +202,10 @@ def harness_model(target: Target, batch_size: int):
     a LoRA adapter merged into its base in memory."""
     import torch
     from lm_eval.models.huggingface import HFLM
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from launcher.console import hide_model_file_bars
+    from launcher.merge import load_merged
 
     hide_model_file_bars()
     hf_logger = logging.getLogger("lm_eval.models.huggingface")
@@ -213,12 +214,7 @@ def harness_model(target: Target, batch_size: int):
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     source = target.source
-    if (source / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(source, dtype=dtype).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    model = load_merged(source, dtype)
     if cuda:
         model.to(torch.device("cuda", torch.cuda.current_device()))
     tokenizer = AutoTokenizer.from_pretrained(source)

@@ -89,20 +89,12 @@ def load_merged(source: ExportSource):
     """(model, tokenizer): the run's model in fp32 with its adapter (if any) merged in, and its saved tokenizer
     (with the chat template used in training)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from launcher.console import hide_model_file_bars
+    from launcher.merge import load_merged as merged_model
 
     hide_model_file_bars()
     tokenizer = AutoTokenizer.from_pretrained(source.folder)
-    if source.adapter_base is None:
-        loader = AutoModelForSequenceClassification if source.score_head else AutoModelForCausalLM
-        return loader.from_pretrained(source.folder, dtype=torch.float32).eval(), tokenizer
-    from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
-
-    loader = AutoPeftModelForSequenceClassification if source.score_head else AutoPeftModelForCausalLM
     # merged in memory: the run folder is left as it is (`tunelaunch merge` writes a merged folder instead)
-    merged = loader.from_pretrained(source.folder, dtype=torch.float32).merge_and_unload()
-    if any("lora_" in name for name, _ in merged.named_parameters()):
-        raise RuntimeError(f"merging the adapter of {source.folder} left LoRA weights in the model")
-    return merged.eval(), tokenizer
+    return merged_model(source.folder, torch.float32, source.score_head).eval(), tokenizer
