@@ -12,19 +12,24 @@ if os.environ.get("BENCH_PROBE"):
     import importlib.abc
     import importlib.util
     import json
-    import resource
     import sys
     import time
 
     _PATH = os.environ["BENCH_PROBE"]
     _TARGET = "transformers.trainer_callback"
 
+    def _peak_rss_kb():
+        # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across execve, so a process started from a
+        # large one would report that one's peak as its own
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+
     def _emit(event, **fields):
         rank = os.environ.get("RANK", "0")
         if rank != "0":
             return
         fields.update(event=event, t=time.time(), pid=os.getpid(),
-                      maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+                      maxrss_kb=_peak_rss_kb())
         with open(_PATH, "a") as f:
             f.write(json.dumps(fields, default=str) + "\n")
 

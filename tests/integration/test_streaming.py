@@ -172,7 +172,7 @@ def probe_env(probe_dir: Path, extra: dict | None = None) -> dict:
 
 
 def test_a_corpus_far_larger_than_the_workers_memory_growth_is_streamed(tmp_path):
-    """The worker on a 400 MB corpus against the same worker on 2000 rows: peak RSS (ru_maxrss, from inside the
+    """The worker on a 400 MB corpus against the same worker on 2000 rows: peak RSS (VmHWM, from inside the
     worker) may not grow by a quarter of the corpus (measured: 37-58 MB, the reader's chunks and Arrow buffers).
     The JSON alone, held as Python rows, is several times its size on disk, so a worker that materialised the
     corpus would fail."""
@@ -199,7 +199,7 @@ def test_a_corpus_far_larger_than_the_workers_memory_growth_is_streamed(tmp_path
     assert worker.returncode == 0, worker.stderr[-3000:]
     large = json.loads((tmp_path / "large-probe" / "rank0.json").read_text())
     assert json.loads((tmp_path / "large-run" / "trainer_state.json").read_text())["global_step"] == 4
-    for peak in ("maxrss_trained_kib", "maxrss_kib"):  # training, then the whole worker (its records too)
+    for peak in ("peak_rss_trained_kib", "peak_rss_kib"):  # training, then the whole worker (its records too)
         growth = (large[peak] - baseline[peak]) * 1024
         assert growth < size / 4, (f"{peak}: peak RSS grew by {growth / 2**20:.0f} MB with a "
                                     f"{size / 2**20:.0f} MB corpus")

@@ -5,8 +5,12 @@ tests/integration/test_streaming.py and tests/distributed/test_streaming.py put 
 sleep that lets a test kill a run mid-training still works). With TUNELAUNCH_STREAM_PROBE_DIR=DIR, every process
 started as `python -m launcher.worker CONFIG` writes DIR/rank<R>.json at exit: the `id` column of every raw row
 its stream read (through launcher.data.streaming._raw_rows, wrapped right after that module is imported) and
-its peak resident memory (ru_maxrss, KiB), at exit and when training is over (as launcher.manifest.write, the
+its peak resident memory (VmHWM, KiB), at exit and when training is over (as launcher.manifest.write, the
 first of the run's records, starts). The shipped launcher knows nothing of it.
+
+Why VmHWM and not getrusage's ru_maxrss: Linux keeps ru_maxrss across execve, so a worker started by
+subprocess (vfork + exec) from a large pytest process reports that process's peak as its own. VmHWM belongs to
+the address space, which exec replaces, so it is the worker's alone.
 """
 import os
 import sys
@@ -16,10 +20,15 @@ from tunelaunch_worker_argv import worker_config  # probe_site/, after this fold
 STREAM_PROBE_DIR = "TUNELAUNCH_STREAM_PROBE_DIR"
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident memory since its exec (VmHWM of /proc/self/status, in KiB)."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+
+
 def _install_stream_probe(out_dir: str) -> None:
     import atexit
     import json
-    import resource
 
     import tunelaunch_probe  # probe_site/: its post-import hook
 
@@ -36,7 +45,7 @@ def _install_stream_probe(out_dir: str) -> None:
         module._raw_rows = recording_raw_rows
 
     def dump():
-        record["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        record["peak_rss_kib"] = peak_rss_kib()
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, f"rank{record['rank']}.json"), "w") as fh:
             json.dump(record, fh)
@@ -46,7 +55,7 @@ def _install_stream_probe(out_dir: str) -> None:
 
         def write_after_recording(*args, **kwargs):
             # the peak of training itself, before the run's records are written
-            record["maxrss_trained_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            record["peak_rss_trained_kib"] = peak_rss_kib()
             return write(*args, **kwargs)
 
         module.write = write_after_recording
