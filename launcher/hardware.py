@@ -66,13 +66,13 @@ def installed(package: str) -> bool:
 
 
 ROWS_PER_TOKENISER = 2000
-"""data.num_proc null: fewer rows per process cost more to hand out (a process pool, the cache shards joined)
+"""data.num_proc null: fewer rows per process cost more to hand out (a process pool started, batches sent back)
 than they save."""
 CORES_FOR_TOKENISERS = 4
 """data.num_proc null: below this many cores, one process. Its tokenizer already encodes each batch on every core,
-so on 2 cores a second process only competes with it (measured: 0.85x one process's rows/s on 20,000 rows,
+so on 2 cores a second process only competes with it (measured: 0.76x one process's rows/s on 20,000 rows,
 benchmarks/RESULTS.md); more processes pay where cores are left for the rendering and masks, which one process
-runs on one core."""
+runs on one core (given as many cores as processes: 2 on 2 cores, 1.57x 1 on 1)."""
 
 
 def cores_given() -> int:

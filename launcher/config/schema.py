@@ -148,9 +148,9 @@ class DataConfig:
     """streaming with data.packing: samples gathered before best-fit packing lays them into rows (more fills
     rows better, holds more in memory)."""
     num_proc: Optional[int] = None
-    """Processes that tokenise the data (datasets.map num_proc); null = the CPU cores given to the job (Slurm's
-    SLURM_CPUS_PER_TASK, else the cores this process may run on), at least 2000 rows each, and one process below 4
-    cores (the tokenizer's own threads use them already), stated by `plan`."""
+    """Processes that tokenise the data (forked workers, a batch at a time); null = the CPU cores given to the job
+    (Slurm's SLURM_CPUS_PER_TASK, else the cores this process may run on), at least 2000 rows each, and one process
+    below 4 cores (the tokenizer's own threads use them already), stated by `plan`."""
     cache_dir: Optional[str] = None
     """Where tokenised datasets are cached (keyed by data, tokenizer, template, lengths, packing and trainer);
     null = `<cache root>/data` (TUNELAUNCH_CACHE or ~/.cache/tunelaunch)."""

@@ -18,6 +18,7 @@ Used only where it is identical, and checked rather than assumed:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -122,3 +123,27 @@ def fast_renderer(template: Optional[str], special: dict) -> Optional[TurnTempla
         if renderer.render(conversation) != (texts[0], [tuple(s) for s in spans[0]]):
             return None
     return renderer
+
+
+def render_if_plain(jinja: str, messages: list[dict], special: Optional[dict] = None,
+                    tools: Optional[list] = None) -> Optional[tuple[str, Spans]]:
+    """`templates.render(jinja, messages, special=special, tools=tools)` by string building, for a plain
+    conversation and a template it is proven for; None where Jinja must render it (the preflight renders its
+    first rows so, as the prepared data renders all of them)."""
+    if tools is not None or not is_plain(messages):
+        return None
+    variables = templates.template_variables(special)
+    try:
+        renderer = _renderer_for(jinja, tuple(sorted(variables.items())))
+    except TypeError:  # a variable whose value cannot be a cache key: Jinja renders
+        return None
+    if renderer is None:
+        return None
+    text, spans = renderer.render(plain_turns(messages))
+    return text, spans if templates.has_generation_markers(jinja) else []
+
+
+@functools.lru_cache(maxsize=16)
+def _renderer_for(jinja: str, variables: tuple) -> Optional[TurnTemplate]:
+    """fast_renderer, decided once per template and variables (it renders the probes both ways)."""
+    return fast_renderer(jinja, dict(variables))

@@ -389,6 +389,10 @@ def parse_messages(value, need_assistant: bool = True, roles: Mapping[str, str] 
 def _parse_turn(i: int, turn, roles: Mapping[str, str]) -> dict:
     """One turn as {role, content} (plus tool_calls, reasoning_content, tool_call_id, name where the turn has
     them), from {role, content} or ShareGPT's {from, value}."""
+    if type(turn) is dict and len(turn) == 2 and type(turn.get("content")) is str and not roles:
+        role = turn.get("role")
+        if role in ROLES:  # the common turn, {role, content} with a chat role and text: as the general path reads it
+            return {"role": role, "content": turn["content"]}
     if isinstance(turn, dict) and "role" in turn and ("content" in turn or "tool_calls" in turn):
         speaker, content = turn["role"], turn.get("content")
         # ShareGPT's speaker names apply to {role, content} turns too, except `tool`: in this shape it is the
@@ -490,6 +494,8 @@ def check_tool_conversation(messages: list[dict], tools: Optional[list[dict]] = 
     """What is wrong with a parsed conversation's tool use, one line per problem naming the turn: tool calls on
     a turn that is not the assistant's, a `tool` turn with no call before it to answer, more tool results than
     calls, a `tool_call_id` that no call has, or (given the row's tools) a call to a tool the row does not list."""
+    if not any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
+        return []  # no tool use, nothing below can be wrong (most chats: checked in one pass)
     problems = []
     pending: list[dict] = []  # the calls of the latest assistant turn that no tool turn has answered yet
     ids: set[str] = set()

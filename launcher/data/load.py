@@ -16,6 +16,7 @@ from typing import Optional
 from launcher.config.errors import Problem
 from launcher.config.schema import RunConfig
 from launcher.data import formats, mixture
+from launcher.data.fast_render import render_if_plain
 from launcher.methods import METHODS
 from launcher.data.files import (
     DataFileError, SplitSource, locate, looks_like_hub_id, nearest_local_paths, read_hub_rows, read_rows,
@@ -161,7 +162,7 @@ def _check_rows(cfg: RunConfig, split: Split, out: DataCheck, raw_rows: list | N
         return
     rename.update({k: v for k, v in formats.apply_aliases([rename.get(c, c) for c in found],
                                                           cfg.trainer.name).items() if k not in rename})
-    rows = [{rename.get(k, k): v for k, v in r.items()} for r in raw_rows]
+    rows = [{rename.get(k, k): v for k, v in r.items()} for r in raw_rows] if rename else raw_rows
     columns = [rename.get(c, c) for c in found]
     fmt = formats.detect(columns, cfg.data, cfg.trainer.name, rows[0])
     if fmt is None:
@@ -256,7 +257,8 @@ def _check_rendering(cfg: RunConfig, fmt: formats.Format, split: Split, out: Dat
     for number, row in enumerate(split.rows[:RENDER_CHECK_ROWS], start=1):
         for conversation in fmt.conversations(row):
             try:
-                text, spans = render(jinja, conversation, special=special, tools=row.get("tools"))
+                text, spans = (render_if_plain(jinja, conversation, special, row.get("tools"))
+                               or render(jinja, conversation, special=special, tools=row.get("tools")))
                 if completion_only and not markers and not _prefix_preserving(jinja, conversation, special, text,
                                                                                  row.get("tools")):
                     if name == "tokenizer":

@@ -283,31 +283,20 @@ def _encode_split(encoder: SFTEncoder, split, limit: int, num_proc: int, fingerp
                   pack: Optional[Callable] = None) -> dict:
     """The split's rows encoded and cut to `limit` in batches (one tokenizer call each) on `num_proc` processes:
     {"dataset": input_ids/labels, "length": each row's length before the cut, "trained": its trained tokens after
-    it}, and in one process with `pack` (`_pack` of a dataset of kept samples) "packed": the kept samples packed
-    (when any are kept).
+    it}, and with `pack` (`_pack` of a dataset of kept samples) "packed": the kept samples packed (when any are
+    kept).
     An error names the file and the row."""
     from datasets import Dataset
 
     if not split.rows:
         return {"dataset": Dataset.from_dict({"input_ids": [], "labels": []}), "length": np.zeros(0, np.int64),
                 "trained": np.zeros(0, np.int64)}
-    # At most a process per batch: starting one costs more than a batch (it unpickles the tokenizer).
+    # At most a process per batch: starting one costs more than a batch.
     num_proc = max(1, min(num_proc, -(-len(split.rows) // BATCH)))
+    fn = _EncodeBatch(encoder, limit, split.source.describe(), split.rows)
     if num_proc == 1:
-        return _encode_in_process(_EncodeBatch(encoder, limit, split.source.describe(), split.rows),
-                                  len(split.rows), fingerprint, pack)
-    # Worker processes through datasets.map. Not an Arrow column of the rows themselves: it would unify their
-    # shapes (a key one tool schema has would appear as null in every other), and the template must see each row
-    # exactly as it is; the workers get their shard's rows as JSON text (the list would be pickled whole into
-    # every worker).
-    rows = Dataset.from_dict({"row": [json.dumps(r, ensure_ascii=False) for r in split.rows]})
-    fn = _EncodeBatch(encoder, limit, split.source.describe())
-    with _one_thread_per_process(num_proc):
-        # new_fingerprint: datasets would otherwise hash the encoder (the whole tokenizer) to name the result
-        out = rows.map(fn, batched=True, batch_size=BATCH, with_indices=True, remove_columns=["row"],
-                       num_proc=num_proc, new_fingerprint=fingerprint)
-    return {"dataset": out.select_columns(["input_ids", "labels"]),
-            "length": out.data.column("length").to_numpy(), "trained": out.data.column("trained").to_numpy()}
+        return _encode_in_process(fn, len(split.rows), fingerprint, pack)
+    return _encode_in_processes(fn, len(split.rows), num_proc, fingerprint, pack)
 
 
 def _encode_in_process(fn: "_EncodeBatch", rows: int, fingerprint: str, pack: Optional[Callable] = None) -> dict:
@@ -319,36 +308,83 @@ def _encode_in_process(fn: "_EncodeBatch", rows: int, fingerprint: str, pack: Op
     row."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from datasets import concatenate_datasets
+    batches = _batches(rows)
+    collected = _Collected(fingerprint, pack)
+    # The first batch alone: the tokenizer's first call may set its options (truncation, padding), which must not
+    # change under a call running in the other thread. After it every call finds them set and only reads them.
+    collected.take(fn.cut(batches[0]), last=len(batches) == 1)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode") as pool:
+        # in order, each as soon as it is done; an error stops here and names its row
+        for k, batch in enumerate(pool.map(fn.cut, batches[1:]), start=2):
+            collected.take(batch, last=k == len(batches))
+    return collected.result()
 
-    batches = [range(start, min(start + BATCH, rows)) for start in range(0, rows, BATCH)]
-    done, packed, waiting = [], [], {"input_ids": [], "labels": []}  # waiting: kept samples not yet packed
 
-    def take(batch: dict, last: bool) -> None:
-        done.append(batch)
-        if pack is None:
+def _encode_in_processes(fn: "_EncodeBatch", rows: int, num_proc: int, fingerprint: str,
+                         pack: Optional[Callable] = None) -> dict:
+    """`_encode_split` on `num_proc` worker processes: forked, so each finds the rows and the encoder in its memory
+    (nothing is pickled into it: a worker starts in milliseconds, where unpickling a tokenizer and its share of
+    the rows took seconds through datasets.map); each encodes whole batches, one thread each, and sends back their
+    arrays. This process takes them in order and packs them as they arrive, exactly as one process does, so
+    the result is the same whatever the number of processes."""
+    import multiprocessing
+
+    global _WORKER_BATCH
+    batches = _batches(rows)
+    collected = _Collected(fingerprint, pack)
+    _WORKER_BATCH = fn
+    try:
+        with _one_thread_per_process(num_proc), multiprocessing.get_context("fork").Pool(num_proc) as pool:
+            for k, batch in enumerate(pool.imap(_encode_in_worker, batches), start=1):
+                collected.take(batch, last=k == len(batches))
+    finally:
+        _WORKER_BATCH = None
+    return collected.result()
+
+
+_WORKER_BATCH: Optional["_EncodeBatch"] = None
+"""The encoder of the split being encoded, set before the worker processes fork (they read it, never pickle it)."""
+
+
+def _encode_in_worker(indices: range) -> dict:
+    return _WORKER_BATCH.cut(indices)
+
+
+def _batches(rows: int) -> list[range]:
+    return [range(start, min(start + BATCH, rows)) for start in range(0, rows, BATCH)]
+
+
+class _Collected:
+    """Encoded batches taken in order: their columns, and (with `pack`) the kept samples packed PACK_BATCH at a
+    time as soon as that many are in, so packing overlaps the encoding of later batches."""
+
+    def __init__(self, fingerprint: str, pack: Optional[Callable]):
+        self.fingerprint, self.pack = fingerprint, pack
+        self.done, self.packed = [], []
+        self.waiting = {"input_ids": [], "labels": []}  # kept samples not yet packed
+
+    def take(self, batch: dict, last: bool) -> None:
+        self.done.append(batch)
+        if self.pack is None:
             return
+        waiting = self.waiting
         for name in waiting:
             waiting[name] += [a for a, kept in zip(batch[name], _kept(batch["trained"])) if kept]
         while len(waiting["input_ids"]) >= PACK_BATCH or (last and waiting["input_ids"]):
             chunk = {name: kept[:PACK_BATCH] for name, kept in waiting.items()}
-            packed.append(pack(_samples_dataset([chunk], f"{fingerprint}-{len(packed)}")))
+            self.packed.append(self.pack(_samples_dataset([chunk], f"{self.fingerprint}-{len(self.packed)}")))
             for name in waiting:
                 del waiting[name][:PACK_BATCH]
 
-    # The first batch alone: the tokenizer's first call may set its options (truncation, padding), which must not
-    # change under a call running in the other thread. After it every call finds them set and only reads them.
-    take(fn.cut(batches[0]), last=len(batches) == 1)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode") as pool:
-        # in order, each as soon as it is done; an error stops here and names its row
-        for k, batch in enumerate(pool.map(fn.cut, batches[1:]), start=2):
-            take(batch, last=k == len(batches))
-    out = {"dataset": _samples_dataset(done, fingerprint),
-           "length": np.concatenate([batch["length"] for batch in done]),
-           "trained": np.concatenate([batch["trained"] for batch in done])}
-    if packed:
-        out["packed"] = concatenate_datasets(packed)
-    return out
+    def result(self) -> dict:
+        from datasets import concatenate_datasets
+
+        out = {"dataset": _samples_dataset(self.done, self.fingerprint),
+               "length": np.concatenate([batch["length"] for batch in self.done]),
+               "trained": np.concatenate([batch["trained"] for batch in self.done])}
+        if self.packed:
+            out["packed"] = concatenate_datasets(self.packed)
+        return out
 
 
 def _samples_dataset(batches: list[dict], fingerprint: str):
@@ -364,8 +400,8 @@ def _samples_dataset(batches: list[dict], fingerprint: str):
 
 
 def _column_types() -> dict:
-    """The samples' Arrow types: those datasets.map gives them in the worker processes (it stores a column named
-    input_ids as int32, which every vocabulary fits), so that one process and several prepare the same dataset."""
+    """The samples' Arrow types: input_ids as int32 (every vocabulary fits, and datasets stores a column of that
+    name so), labels int64 (IGNORE is negative and trl's collators read them as they are)."""
     import pyarrow as pa
 
     return {"input_ids": pa.int32(), "labels": pa.int64()}
@@ -390,16 +426,11 @@ def _row_lengths(dataset, column: str) -> list[int]:
 
 
 class _EncodeBatch:
-    """Encodes and cuts a batch of a split's rows: the datasets.map function of the worker processes (a class, so
-    it pickles into them with its encoder), and `cut` in this process."""
+    """Encodes and cuts batches of a split's rows, named by their indices in `rows` (`cut`), in this process's
+    threads or in forked worker processes."""
 
-    def __init__(self, encoder: SFTEncoder, limit: int, source: str, rows: Optional[list] = None):
+    def __init__(self, encoder: SFTEncoder, limit: int, source: str, rows: list):
         self.encoder, self.limit, self.source, self.rows = encoder, limit, source, rows
-        """rows: the split's rows, when batches name them by index rather than carry their JSON text."""
-
-    def __call__(self, batch: dict, indices: list[int]) -> dict:
-        out = self._encode([json.loads(row) for row in batch["row"]], indices)
-        return {**out, "length": out["length"].tolist(), "trained": out["trained"].tolist()}
 
     def cut(self, indices) -> dict:
         """The rows at these indices of `rows`, encoded and cut."""

@@ -164,6 +164,12 @@ def has_generation_markers(jinja: Optional[str]) -> bool:
 EOS_PLACEHOLDER = "</s>"
 
 
+def template_variables(special: Optional[dict] = None) -> dict:
+    """The variables a template is rendered with where no tokenizer is loaded: placeholders for bos and eos,
+    unless the tokenizer's special tokens are given."""
+    return {"bos_token": "<s>", "eos_token": EOS_PLACEHOLDER, **(special or {})}
+
+
 def render(jinja: str, messages: list[dict], add_generation_prompt: bool = False,
            special: Optional[dict] = None, tools: Optional[list[dict]] = None) -> tuple[str, list[tuple[int, int]]]:
     """The text a template makes of a conversation (and the row's tools) and the character spans of its
@@ -171,7 +177,7 @@ def render(jinja: str, messages: list[dict], add_generation_prompt: bool = False
     markers work as in training)."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    kwargs = {"bos_token": "<s>", "eos_token": EOS_PLACEHOLDER, **(special or {})}
+    kwargs = template_variables(special)
     texts, spans = render_jinja_template([messages], tools=tools, chat_template=jinja,
                                          add_generation_prompt=add_generation_prompt,
                                          return_assistant_tokens_mask=has_generation_markers(jinja), **kwargs)

@@ -135,3 +135,31 @@ def test_templates_without_string_building_keep_jinja(tokenizers):
     tok = models.load_tokenizer(cfg)
     assert SFTEncoder(tok, "text", "none").plain_renderer is None
     assert SFTEncoder(tok, "messages", "chatml").plain_renderer is not None
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_preflight_renders_plain_rows_as_jinja_does_and_the_rest_through_jinja(name, monkeypatch):
+    from launcher.data import templates
+
+    conversations = probe_conversations() + random_conversations(100, seed=1)
+    for special in ({}, SPECIAL):  # the preflight's placeholders, and a tokenizer's special tokens
+        for conversation in conversations:
+            assert (fast_render.render_if_plain(SHIPPED[name], conversation, special)
+                    == templates.render(SHIPPED[name], conversation, special=special)), conversation
+    tool_turns = [{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}]
+    assert fast_render.render_if_plain(SHIPPED[name], tool_turns) is None
+    assert fast_render.render_if_plain(SHIPPED[name], conversations[0], tools=[{"type": "function"}]) is None
+    assert fast_render.render_if_plain(ALPACA, conversations[0]) is None
+    assert fast_render.render_if_plain(SHIPPED[name], conversations[0], {"eos_token": ["not", "hashable"]}) is None
+
+    # check_data takes it for its first rows: with Jinja's renderer made to fail, plain chatml rows still pass
+    def no_jinja(*args, **kwargs):
+        raise AssertionError("rendered through Jinja")
+
+    monkeypatch.setattr(templates, "render", no_jinja)
+    monkeypatch.setattr("launcher.data.load.render", no_jinja)
+    cfg = RunConfig()
+    cfg.trainer.name, cfg.data.chat_template = "sft", name
+    cfg.data.path, cfg.data.train_split, cfg.data.valid_split = str(SAMPLES / "chat"), "train", None
+    checked = check_data(cfg)
+    assert checked.format == "messages" and not checked.problems and len(checked.train.rows) > 10

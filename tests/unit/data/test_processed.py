@@ -1,5 +1,6 @@
 """The processed sft datasets: truncation counts, packing, and the cache that makes tokenisation run once."""
 import json
+import os
 
 import pytest
 
@@ -175,7 +176,22 @@ def test_two_processes_give_what_one_gives_under_the_same_key(tiny, tmp_path, mo
     two = config(tiny, tmp_path, sample=sample, template=template, num_proc=2, block_size=32)
     tok = models.load_tokenizer(one)
     assert processed.cache_key(one, tok, check_data(one)) == processed.cache_key(two, tok, check_data(two))
-    a, b = prepare(one, use_cache=False), prepare(two, use_cache=False)
+    pids = tmp_path / "pids"
+    cut = processed._EncodeBatch.cut
+
+    def recording(self, indices):  # (the forked workers find it in their copy of the class)
+        with pids.open("a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return cut(self, indices)
+
+    monkeypatch.setattr(processed._EncodeBatch, "cut", recording)
+    a = prepare(one, use_cache=False)
+    assert set(pids.read_text().split()) == {str(os.getpid())}
+    pids.unlink()
+    b = prepare(two, use_cache=False)
+    workers = set(pids.read_text().split())
+    # the 2-process run encoded in worker processes (which of the 2 takes each batch is the pool's choice)
+    assert 1 <= len(workers) <= 2 and str(os.getpid()) not in workers
     assert a.train["input_ids"] == b.train["input_ids"] and a.train["labels"] == b.train["labels"]
     assert a.stats == b.stats and a.stats["train"].truncated > 0  # the cut (and dropped) rows too
     assert a.train.features == b.train.features
