@@ -243,7 +243,7 @@ def _build(cfg: RunConfig, tokenizer, data: DataCheck, key: str):
             out[name] = dataset
             st.sequences, st.computed_tokens = st.samples, st.unpacked_computed_tokens
         else:
-            packed = encoded["packed"] if "packed" in encoded else pack(dataset)
+            packed = encoded["packed"]  # packed as the batches came in (some sample is kept: checked above)
             out[name] = packed
             st.sequences = len(packed)
             packed_lengths = _row_lengths(packed, "input_ids")
