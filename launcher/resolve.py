@@ -80,7 +80,7 @@ def resolve(cfg: RunConfig, hw: Hardware, data_format: str | None = None, train_
     _kernels(cfg, hw, out)
     _block_size(cfg, out)
     _template(cfg, data_format, out)
-    _packing(cfg, out)
+    _packing(cfg, hw, out)
     _streaming(cfg, out)
     _processes(cfg, hw, out)
     _tokenisers(cfg, train_rows, out)
@@ -247,7 +247,7 @@ def _template(cfg: RunConfig, data_format: str | None, out: Resolution) -> None:
         out.notes.append("data: Alpaca rows with chat_template none are rendered with the alpaca template")
 
 
-def _packing(cfg: RunConfig, out: Resolution) -> None:
+def _packing(cfg: RunConfig, hw: Hardware, out: Resolution) -> None:
     d, method = cfg.data, METHODS[cfg.trainer.name]
     if not d.packing or not method.packs:
         return
@@ -266,8 +266,7 @@ def _packing(cfg: RunConfig, out: Resolution) -> None:
     else:
         kernel = ("flash-attention's variable-length kernel runs each sample on its own (no L x L mask)"
                   if cfg.model.attn_implementation == "flash_attention_2" else
-                  "sdpa runs each sample on its own, split at the sample boundaries (launcher/attention.py), as "
-                  "flash_attention_2's variable-length kernel does" if cfg.model.attn_implementation == "sdpa" else
+                  _packed_sdpa(hw, cfg.precision.mixed_precision) if cfg.model.attn_implementation == "sdpa" else
                   f"{cfg.model.attn_implementation} gets a block-diagonal L x L mask built from them")
         what = ("the chosen and rejected sequences (prompt + answer each) of several pairs, each pair's two in one "
                 "row," if method.pairs else "the prompt + completion sequences of several examples (and their KL "
@@ -275,6 +274,21 @@ def _packing(cfg: RunConfig, out: Resolution) -> None:
         out.notes.append(f"data: packing: {what} are packed best-fit into sequences of up to {length} tokens; "
                          f"position ids restart at each sequence, so none attends to another: {kernel}; "
                          "padding-free, no pad tokens computed")
+
+
+def _packed_sdpa(hw: Hardware, precision: str) -> str:
+    """How sdpa attends packed samples (launcher/attention.py chooses per batch, by the tensors' device and dtype):
+    without flash-attn, a GPU still gets a variable-length kernel, torch's own."""
+    per_sample = ("sdpa runs each sample on its own, split at the sample boundaries (launcher/attention.py), as "
+                  "flash_attention_2's variable-length kernel does")
+    if not hw.gpus:
+        return f"{per_sample} (on CUDA: torch's variable-length flash attention, torch.nn.attention.varlen)"
+    if precision == "fp32":
+        return f"{per_sample} (torch's variable-length flash attention computes in fp16/bf16 only)"
+    return ("torch's variable-length flash attention (torch.nn.attention.varlen; flash-attn is not installed) runs "
+            "each sample on its own, the whole row in one call, split at the sample boundaries "
+            "(launcher/attention.py); where it cannot (torch before 2.10, attention dropout, head dims over 256) "
+            "sdpa runs each sample on its own")
 
 
 def _streaming(cfg: RunConfig, out: Resolution) -> None:

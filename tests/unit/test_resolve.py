@@ -275,7 +275,8 @@ def test_compile_is_stated_on_a_gpu_and_warns_about_recompiling_unpacked_data():
 
 
 @pytest.mark.parametrize("hw, kernel", [(CPU, "sdpa runs each sample on its own"),
-                                        (H100_LIGER, "variable-length kernel runs")])
+                                        (H100_LIGER, "variable-length kernel runs"),
+                                        (Hardware(gpus=1, gpu_name="H100", bf16=True), "torch.nn.attention.varlen")])
 def test_packing_note_names_the_attention_path(hw, kernel):
     cfg = valid_cfg()
     cfg.data.packing = True
