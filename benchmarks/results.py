@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -69,14 +70,21 @@ def table(columns: list[str], rows: list[list]) -> list[str]:
     return [line(columns), "| " + " | ".join("---" for _ in columns) + " |", *(line(r) for r in rows)]
 
 
-def render(name: str, title: str, body: list[str], quick: bool = False) -> str:
-    return "\n".join([f"<!-- section: {name} -->", f"## {title}", "", header(quick), "", *body, "",
+def render(name: str, title: str, body: list[str], quick: bool = False, header_line: bool = True) -> str:
+    """A section with its markers; `header_line=False` when the body starts with its own (the GPU benchmark's
+    names the GPU, not this machine's CPU)."""
+    head = [header(quick), ""] if header_line else []
+    return "\n".join([f"<!-- section: {name} -->", f"## {title}", "", *head, *body, "",
                       f"<!-- end: {name} -->"]) + "\n"
 
 
 def write_section(name: str, title: str, body: list[str], quick: bool = False, path: Path = RESULTS) -> Path:
     """Replace section NAME of the results file (append it when absent); every other byte stays as it was."""
-    text = render(name, title, body, quick)
+    return replace_section(name, render(name, title, body, quick), path)
+
+
+def replace_section(name: str, text: str, path: Path = RESULTS) -> Path:
+    """Put TEXT (a whole section, markers included) in place of section NAME, or append it when absent."""
     old = path.read_text(encoding="utf-8") if path.exists() else PREAMBLE
     pattern = re.compile(rf"<!-- section: {re.escape(name)} -->\n.*?<!-- end: {re.escape(name)} -->\n?", re.S)
     if pattern.search(old):
@@ -87,6 +95,45 @@ def write_section(name: str, title: str, body: list[str], quick: bool = False, p
     tmp.write_text(new, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+SECTION_FILE = re.compile(r"\A\s*<!-- section: ([\w.-]+) -->\n.*<!-- end: \1 -->\s*\Z", re.S)
+
+
+def merge(section_file: Path, path: Path = RESULTS) -> str:
+    """A section written elsewhere (benchmarks/gpu.py's DIR/gpu.md, brought back from the GPU machine) put into
+    the results file in place of the section of the same name: a rerun replaces, never duplicates. Returns the
+    section's name; a file that is not one whole section is refused, naming it."""
+    text = section_file.read_text(encoding="utf-8")
+    found = SECTION_FILE.match(text)
+    if not found:
+        raise ValueError(f"{section_file}: not one section between '<!-- section: NAME -->' and "
+                         "'<!-- end: NAME -->' (write it with benchmarks/gpu.py --results DIR)")
+    replace_section(found.group(1), text.strip() + "\n", path)
+    return found.group(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="benchmarks/RESULTS.md's sections")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    put = sub.add_parser("merge", help="put a section file (e.g. DIR/gpu.md from benchmarks/gpu.py) into "
+                                       "RESULTS.md, replacing the section of the same name")
+    put.add_argument("file", type=Path)
+    put.add_argument("--results", type=Path, default=RESULTS, help="the results file (default %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        name = merge(args.file, args.results)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"section '{name}' of {args.results} replaced by {args.file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
 
 
 def add_arguments(parser) -> None:

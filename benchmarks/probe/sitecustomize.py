@@ -1,10 +1,10 @@
 """A probe the benchmarks put into every training process they start (this folder on PYTHONPATH makes Python import
 it at start-up; it does nothing unless BENCH_PROBE names a file). Once `transformers.trainer_callback` is imported,
 transformers' CallbackHandler reports to that file, one JSON line per event with the wall-clock time and the
-process's peak RSS so far: `begin` (train starts; with the model's trainable parameter count), `step` (an optimizer
-step ended), `log` (what the Trainer logged: loss, num_tokens, ...) and `end` (train ended). The same probe in every
-arm (tunelaunch, a hand-written TRL script, `trl sft`) measures them the same way, without touching their code; it
-imports nothing heavy and costs one file append per step.
+process's peak RSS so far (on a GPU also its peak CUDA memory): `begin` (train starts; with the model's trainable
+parameter count), `step` (an optimizer step ended), `log` (what the Trainer logged: loss, num_tokens, ...) and
+`end` (train ended). The same probe in every arm (tunelaunch, a hand-written TRL script, `trl sft`) measures them
+the same way, without touching their code; it imports nothing heavy and costs one file append per step.
 """
 import os
 
@@ -30,6 +30,9 @@ if os.environ.get("BENCH_PROBE"):
             return
         fields.update(event=event, t=time.time(), pid=os.getpid(),
                       maxrss_kb=_peak_rss_kb())
+        torch = sys.modules.get("torch")  # never imported here: only read when the process already uses it
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            fields["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
         with open(_PATH, "a") as f:
             f.write(json.dumps(fields, default=str) + "\n")
 
