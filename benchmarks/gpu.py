@@ -228,9 +228,10 @@ class Result:
                 "seconds": round(self.seconds, 1)}
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """The budget's alarm, SIGTERM or SIGINT, turned into an exception so that the row running stops and what was
-    measured is still written."""
+    measured is still written. A BaseException, as KeyboardInterrupt is: the libraries' own `except Exception`
+    (and this script's, which turns a row's error into 'failed') must not swallow it."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -491,8 +492,9 @@ def run_matmul(settings: Settings) -> dict:
 
 def run_equality(settings: Settings) -> dict:
     """The product's packed attention (torch's varlen flash attention on CUDA, sdpa per sample on CPU) against each
-    sample alone through transformers' sdpa, on the 0.5B shape: the logits must agree within bf16's tolerance (a
-    few units of its 2^-8 resolution, relative to the logits' scale; fp32 on CPU: 1e-4)."""
+    sample alone through transformers' sdpa, on the 0.5B shape. bf16's tolerance is measured, not guessed: both are
+    compared with the same samples alone in fp32, and the packed logits may be off from those by at most twice
+    what sdpa's own bf16 logits are (plus 1e-3 of the logits' scale, which is all an fp32 run on CPU allows)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -505,19 +507,30 @@ def run_equality(settings: Settings) -> dict:
     lengths = sample_lengths(settings, 6)
     batch = make_batch(lengths, "packed", config.vocab_size, settings.seed, settings.device)
     inputs = {k: v for k, v in batch.tensors.items() if k != "labels"}
+    ids = inputs["input_ids"][0]
+    cuts = [0, *_cumsum(lengths)]
+
+    def one_by_one():
+        return torch.cat([model(input_ids=ids[s:e][None]).logits[0].float() for s, e in zip(cuts[:-1], cuts[1:])])
+
     with torch.no_grad():
         packed = model(**inputs).logits[0].float()
-        ids = inputs["input_ids"][0]
-        cuts = [0, *_cumsum(lengths)]
-        alone = torch.cat([model(input_ids=ids[s:e][None]).logits[0].float() for s, e in zip(cuts[:-1], cuts[1:])])
+        alone = one_by_one()
+        model.float()
+        reference = one_by_one()
+    packed_error = (packed - reference).abs().max().item()
+    sdpa_error = (alone - reference).abs().max().item()
     worst = (packed - alone).abs().max().item()
-    scale = alone.abs().max().item()
-    tolerance = (3 * 2 ** -8 if settings.device == "cuda" else 1e-4) * scale
+    scale = reference.abs().max().item()
+    tolerance = 2 * sdpa_error + 1e-3 * scale
     kernel = packed_kernel_name(settings.device)
-    measured = (f"kernel: {kernel}; {len(lengths)} samples, {sum(lengths)} tokens; max |packed - alone| "
-                f"{worst:.3g} (logits up to {scale:.3g}; tolerance {tolerance:.3g})")
-    status = "ok" if worst <= tolerance else f"failed: logits differ by {worst:.3g} > {tolerance:.3g}"
-    return {"status": status, "measured": measured, "kernel": kernel, "max_abs_diff": worst}
+    measured = (f"kernel: {kernel}; {len(lengths)} samples, {sum(lengths)} tokens; max |packed - fp32| "
+                f"{packed_error:.3g}, max |sdpa alone - fp32| {sdpa_error:.3g} (tolerance {tolerance:.3g}; logits "
+                f"up to {scale:.3g}); max |packed - sdpa alone| {worst:.3g}")
+    status = ("ok" if packed_error <= tolerance
+              else f"failed: packed logits off by {packed_error:.3g} > {tolerance:.3g}")
+    return {"status": status, "measured": measured, "kernel": kernel, "max_abs_diff": worst,
+            "packed_error": packed_error, "sdpa_error": sdpa_error}
 
 
 # ---------------------------------------------------------------------------------------------------------------
