@@ -6,12 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from launcher import attention
-from launcher.embedded import build_tiny_llama
 from launcher.hardware import Hardware
 from tests.unit.helpers import CPU, plan
+from tests.unit.test_attention import models  # noqa: F401  (the tiny Llama under sdpa and under ours)
 
 A100 = Hardware(gpus=1, gpu_name="A100", gpu_memory_gib=80, bf16=True)  # flash-attn not installed
 HAS_VARLEN = attention._varlen_attn() is not None
@@ -107,14 +106,6 @@ def test_one_varlen_call_gives_per_sample_sdpa(monkeypatch, varlen, scaling):
     assert none is None and len(calls) == 1
     assert ours.shape == theirs.shape == (1, 13, 4, 8)  # (batch, tokens, heads, head_dim)
     torch.testing.assert_close(ours, theirs)
-
-
-@pytest.fixture(scope="module")
-def models():
-    folder = build_tiny_llama()
-    name = attention.register()
-    return (AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval(),
-            AutoModelForCausalLM.from_pretrained(folder, attn_implementation=name).eval())
 
 
 def test_the_model_attends_a_packed_row_with_one_varlen_call_per_layer(models, monkeypatch):
