@@ -213,6 +213,7 @@ class Settings:
     smoke_steps: int
     matmul_size: int
     ceiling_flops: Optional[float] = None   # measured by the `matmul` row
+    packed_kernel: str = ""                 # launcher/attention.py's choice for packed rows here (main sets it)
 
 
 @dataclass
@@ -996,7 +997,7 @@ def render(results: list[Result], settings: Settings, wall_s: float, budget_s: f
         f"- Data: {s.samples_per_step} samples per step, lengths log-normal (median {s.median_len}, sigma {s.sigma}, "
         f"clipped to {s.min_len}..{s.max_len}, seed {s.seed}), random ids below {TOKEN_RANGE}; the same samples "
         "padded or packed. `product` = launcher/attention.py's kernel for packed batches "
-        f"({packed_kernel_name(s.device)} here); `sdpa` packed = the dense block-diagonal mask.",
+        f"({s.packed_kernel} here); `sdpa` packed = the dense block-diagonal mask.",
         f"- Steps: {s.warmup} warm-up + {s.steps} timed; tokens/s counts real tokens (no padding) over the timed "
         "steps; step time is their median. Smoke rows: `tunelaunch train` on the 0.5B shape, "
         f"{s.smoke_steps} steps, one process, tokens/s between the first and last logged step.",
@@ -1074,14 +1075,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     if (args.steps is not None and args.steps < 1) or (args.warmup is not None and args.warmup < 0):
         parser.error("--steps must be at least 1 and --warmup at least 0")
     PLAN_RUN = select(args.only)
-    start = time.monotonic()
-    if not args.dry_run:
-        import torch
+    import torch
 
-        if not torch.cuda.is_available():
-            print("no CUDA GPU here: run with --dry-run to exercise the script on CPU", file=sys.stderr)
-            return 2
+    if not args.dry_run and not torch.cuda.is_available():
+        print("no CUDA GPU here: run with --dry-run to exercise the script on CPU", file=sys.stderr)
+        return 2
     settings = settings_for(args)
+    # Imported before the alarm is armed: an import it interrupted would leave a half-initialised module behind
+    # (sympy's, under torch), and the section written after the stop would fail on it.
+    import transformers  # noqa: F401
+    import peft  # noqa: F401
+
+    settings.packed_kernel = packed_kernel_name(settings.device)
+    results_module()
     folder = args.results or (Path(tempfile.mkdtemp(prefix="gpu-dry-run-")) if args.dry_run
                               else Path.cwd() / "gpu-results")
     output = Output(folder, settings, args.budget)
@@ -1092,7 +1098,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results: list[Result] = []
     code = 0
     try:
-        run_plan(PLAN_RUN, settings, start + args.budget, results, output, work)
+        run_plan(PLAN_RUN, settings, time.monotonic() + args.budget, results, output, work)
     except Interrupted as e:
         print(f"stopped ({e}): the rows done so far are in {folder}", file=sys.stderr)
         code = 0 if str(e) == "time budget" else 143 if str(e) == "SIGTERM" else 130
