@@ -1,4 +1,4 @@
-"""What only a GPU can show, measured in one command of under 9 minutes on one H200, and brought back row by row.
+"""What only a GPU can show, measured in one command bounded by --budget (480 s by default) and written row by row.
 
   python benchmarks/gpu.py --results DIR          # on a GPU machine (benchmarks/gpu_device.sh passes $OUT)
   python benchmarks/gpu.py --only ROW,ROW ...     # a rerun of some rows (ids in the first column of the tables)
