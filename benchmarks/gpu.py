@@ -698,28 +698,18 @@ def smoke_model(settings: Settings, folder: Path) -> tuple[Path, dict]:
 
 
 def _matmul_params_of(shape: dict) -> int:
-    """A Llama's nn.Linear parameters from its shape (what model_matmul_params counts), without building it."""
-    h, m, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
-    head = h // shape["num_attention_heads"]
-    kv = shape.get("num_key_value_heads", shape["num_attention_heads"]) * head
-    per_layer = h * h * 2 + h * kv * 2 + 3 * h * m
-    return layers * per_layer + h * shape.get("vocab_size", 0)
+    """model_matmul_params of a Llama of this shape, built on the meta device (no memory, no weights)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        return model_matmul_params(LlamaForCausalLM(LlamaConfig(**shape)))
 
 
-def read_probe(path: Path) -> dict:
-    """The smoke run's figures from benchmarks/probe's events: losses logged per step, tokens/s between the first
-    and the last logged step (the first step's compilation and warm-up excluded), peak CUDA memory."""
+def read_probe(path: Path):
+    """What benchmarks/probe saw in the training process, read by benchmarks/probed.py's Run."""
     events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    logs = [e for e in events if e.get("event") == "log" and "loss" in e.get("logs", {})]
-    out = {"losses": [float(e["logs"]["loss"]) for e in logs]}
-    timed = [e for e in logs if "num_tokens" in e["logs"]]
-    if len(timed) >= 2 and timed[-1]["t"] > timed[0]["t"]:
-        out["tokens_per_s"] = (float(timed[-1]["logs"]["num_tokens"]) - float(timed[0]["logs"]["num_tokens"])) \
-            / (timed[-1]["t"] - timed[0]["t"])
-    peaks = [e["cuda_peak_bytes"] for e in events if "cuda_peak_bytes" in e]
-    if peaks:
-        out["peak_bytes"] = max(peaks)
-    return out
+    return sibling("probed").Run("smoke", [], events=events)
 
 
 def run_smoke(smoke: Smoke, settings: Settings, timeout_s: float, work: Path) -> dict:
@@ -765,21 +755,22 @@ def run_smoke(smoke: Smoke, settings: Settings, timeout_s: float, work: Path) ->
     return cells
 
 
-def smoke_figures(probe: dict, project: Path, code: Optional[int], shape: dict, smoke: Smoke,
+def smoke_figures(probe, project: Path, code: Optional[int], shape: dict, smoke: Smoke,
                   settings: Settings) -> dict:
     """A trained smoke row's cells and status from its probe events and its run folder."""
     cells = {}
-    losses = probe["losses"]
+    losses = [loss for _, _, loss in probe.losses()]
     if losses:
         cells["loss first → last"] = loss_cell(losses[0], losses[-1])
-    rate = probe.get("tokens_per_s")
-    if rate:
+    rate = probe.tokens_per_s()
+    if math.isfinite(rate):
         # attention's term is left out: the sample chats are short (tens of tokens), so 6N (4N for LoRA) is it
         flops = model_flops_per_token(_matmul_params_of(shape), 0, 0, 0, lora=smoke.lora)
         gpu = settings.gpu_name if settings.device == "cuda" else None
         cells.update({"tokens/s": f"{rate:,.0f}", "MFU (datasheet)": mfu_cell(flops, rate, gpu),
                       "MFU (matmul ceiling)": ceiling_cell(flops, rate, settings)})
-    cells["peak mem GiB"] = (f"{probe['peak_bytes'] / 2**30:.1f}" if "peak_bytes" in probe
+    peak = probe.peak_cuda_bytes
+    cells["peak mem GiB"] = (f"{peak / 2**30:.1f}" if peak is not None
                              else "n/a (no GPU)" if settings.device != "cuda" else "n/a")
     state = project / "run_state.json"
     finished = state.is_file() and json.loads(state.read_text()).get("status") == "finished"
@@ -813,23 +804,25 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def last_lines(text: str, n: int = 8) -> str:
-    """The last non-empty lines of an output, on one table cell (pipes escaped, lines joined with ' ⏎ ')."""
+    """The last non-empty lines of an output, on one table cell (lines joined with ' ⏎ '; table() escapes pipes)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()][-n:]
-    return " ⏎ ".join(ln.replace("|", "\\|")[:240] for ln in lines)
+    return " ⏎ ".join(ln[:240] for ln in lines)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The run: budget, rows, output after every row
 
 
-def results_module():
-    """benchmarks/results.py (section markers and format), loaded from its file: benchmarks/ is no package."""
-    if "benchmarks_results" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("benchmarks_results", Path(__file__).with_name("results.py"))
+def sibling(name: str):
+    """benchmarks/NAME.py, loaded from its file (benchmarks/ is no package): results.py's section format, probed.py's
+    reading of the probe's events."""
+    key = f"benchmarks_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
         module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
         spec.loader.exec_module(module)
-        sys.modules["benchmarks_results"] = module
-    return sys.modules["benchmarks_results"]
+    return sys.modules[key]
 
 
 class Output:
@@ -917,11 +910,8 @@ def summary(result: Result) -> str:
 
 
 def table(columns, rows: list[dict]) -> list[str]:
-    """A Markdown table; missing cells are '—'."""
-    out = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
-    out += ["| " + " | ".join(str(r.get(c, "—")).replace("\n", " ").replace("|", "\\|") or "—" for c in columns)
-            + " |" for r in rows]
-    return out
+    """results.py's Markdown table of these rows; missing cells are '—'."""
+    return sibling("results").table(list(columns), [[r.get(c) or "—" for c in columns] for r in rows])
 
 
 def targets(results: list[Result], settings: Settings) -> list[str]:
@@ -958,15 +948,8 @@ def verdict(status: str) -> str:
     return "met" if status == "ok" else "missed" if status.startswith("failed") else "not measured"
 
 
-def versions() -> str:
-    """The versions the figures were measured with, from metadata (no import needed)."""
-    def v(name):
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-    return ", ".join(f"{n} {v(n)}" for n in ("torch", "transformers", "peft", "trl", "accelerate", "datasets",
-                                             "deepspeed", "liger-kernel", "bitsandbytes"))
+VERSIONS = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "deepspeed", "liger-kernel",
+            "bitsandbytes")
 
 
 def render(results: list[Result], settings: Settings, wall_s: float, budget_s: float) -> str:
@@ -989,7 +972,8 @@ def render(results: list[Result], settings: Settings, wall_s: float, budget_s: f
                            f"MLP {v['intermediate_size']}, {v['num_attention_heads']}/{v['num_key_value_heads']} "
                            f"heads, vocab {v['vocab_size']}" for k, v in s.shapes.items())
     body = [
-        f"_{date} · {gpu} · {versions()} · {'DRY RUN (not figures)' if s.dry_run else 'full run'}_",
+        f"_{date} · {gpu} · {sibling('results').versions(VERSIONS)} · "
+        f"{'DRY RUN (not figures)' if s.dry_run else 'full run'}_",
         "",
         *(["Dry run: tiny stand-ins for the 0.5B/1B shapes, fp32 on CPU, `tunelaunch plan` in place of `train` "
            "(one smoke row trains the tiny model on CPU). Not figures.", ""] if s.dry_run else []),
@@ -1013,7 +997,7 @@ def render(results: list[Result], settings: Settings, wall_s: float, budget_s: f
         "", "`tunelaunch train` on the GPU:", "", *table(SMOKE_COLUMNS, rows["smoke"]),
         "", "Targets:", "", *targets(results, settings),
     ]
-    return results_module().render(SECTION, TITLE, body, header_line=False)
+    return sibling("results").render(SECTION, TITLE, body, header_line=False)
 
 
 PLAN_RUN: tuple = PLAN  # the rows of this run (PLAN, or --only's), in PLAN's order
@@ -1087,7 +1071,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import peft  # noqa: F401
 
     settings.packed_kernel = packed_kernel_name(settings.device)
-    results_module()
+    sibling("results")
     folder = args.results or (Path(tempfile.mkdtemp(prefix="gpu-dry-run-")) if args.dry_run
                               else Path.cwd() / "gpu-results")
     output = Output(folder, settings, args.budget)

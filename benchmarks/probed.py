@@ -89,6 +89,21 @@ class Run:
                 out.append((e["step"], float(logs.get("num_tokens", "nan")), float(logs["loss"])))
         return out
 
+    def tokens_per_s(self) -> float:
+        """Trained tokens per second between the first and the last log that counts them (`num_tokens`): the
+        first step's warm-up and compilation are left out."""
+        timed = [e for e in self.events if e["event"] == "log" and "num_tokens" in (e.get("logs") or {})]
+        if len(timed) < 2 or timed[-1]["t"] <= timed[0]["t"]:
+            return float("nan")
+        tokens = float(timed[-1]["logs"]["num_tokens"]) - float(timed[0]["logs"]["num_tokens"])
+        return tokens / (timed[-1]["t"] - timed[0]["t"])
+
+    @property
+    def peak_cuda_bytes(self) -> int | None:
+        """Peak CUDA memory of the process that trained, None where it used no GPU."""
+        peaks = [e["cuda_peak_bytes"] for e in self.events if "cuda_peak_bytes" in e]
+        return max(peaks) if peaks else None
+
     @property
     def trainable_params(self) -> int:
         return next((e.get("trainable_params", 0) for e in self.events if e["event"] == "begin"), 0)

@@ -33,9 +33,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def versions() -> str:
+def versions(names: tuple = PACKAGES) -> str:
     out = []
-    for name in PACKAGES:
+    for name in names:
         try:
             out.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
