@@ -305,3 +305,11 @@ def test_results_merge_replaces_the_gpu_section_and_never_duplicates_it(tmp_path
     out = subprocess.run([*merge, str(broken), "--results", str(results)], capture_output=True, text=True)
     assert out.returncode == 2 and str(broken) in out.stderr and "<!-- section: NAME -->" in out.stderr
     assert results.read_text() == text
+
+
+def test_without_a_gpu_the_real_run_refuses_before_writing_anything(tmp_path):
+    out = run_script("--results", str(tmp_path / "out"))
+    assert out.returncode == 2 and "no CUDA GPU here: run with --dry-run" in out.stderr
+    assert not (tmp_path / "out").exists()
+    bad = run_script("--dry-run", "--steps", "0")
+    assert bad.returncode == 2 and "--steps must be at least 1" in bad.stderr
