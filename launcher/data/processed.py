@@ -552,7 +552,8 @@ def _tokenizer_hash(tokenizer) -> str:
 def _code_hash() -> str:
     here = Path(__file__).resolve().parent
     return _sha(b"".join((here / name).read_bytes() for name in ("encode.py", "fast_render.py", "processed.py",
-                                                                    "templates.py", "load.py", "formats.py")))[:16]
+                                                                    "templates.py", "load.py", "formats.py",
+                                                                    "byte_offsets.py")))[:16]
 
 
 @contextlib.contextmanager
