@@ -28,4 +28,8 @@ def test_preprocessing_quick_runs_and_checks_itself(tmp_path):
             for workers in (1, 2) for state in ("cold", "warm")}
     assert rows == {400} and len(tokens) == 1 and tokens.pop() > 400 * 10
     assert m["ratio"] > 0 and m["scaling"] > 0 and m["core_scaling"] > 0
+    # the CPU measure behind the 2-process ceiling: busy cores of one process, at most the cores it may use
+    busy = m["busy"]
+    assert 0 < busy["ours"] <= busy["cores"] + 0.2 and 0 < busy["bare"] <= busy["cores"] + 0.2
+    assert "Why, measured: one process of ours keeps" in out.stdout
     assert "Ours, cold, 2 processes:" in out.stdout and "n/a" not in out.stdout
