@@ -294,6 +294,9 @@ def _packed_sdpa(hw: Hardware, precision: str) -> str:
 def _streaming(cfg: RunConfig, out: Resolution) -> None:
     d, name = cfg.data, cfg.trainer.name
     if not d.streaming:
+        if d.shuffle_window:
+            out.notes.append("data.shuffle_window applies to data.streaming only: data read whole is shuffled by the "
+                             "trainer every epoch")
         return
     streamers = [m.name for m in METHODS.values() if m.streams]
     if not METHODS[name].streams:
@@ -320,11 +323,16 @@ def _streaming(cfg: RunConfig, out: Resolution) -> None:
             "up front: set cluster.preprocess_job=false")))
     if d.packing_buffer < 1:
         out.problems.append(Problem("data.packing_buffer", f"must be 1 or more samples, got {d.packing_buffer}"))
+    if d.shuffle_window < 0:
+        out.problems.append(Problem("data.shuffle_window", f"must be 0 (file order) or a number of rows, got "
+                                                           f"{d.shuffle_window}"))
     if out.problems:
         return
     how = (f"packed best-fit over buffers of {d.packing_buffer} samples" if name == "sft" and d.packing else
            f"concatenated and cut into blocks of {d.block_size} tokens" if name == "default" else "one per row")
-    out.notes.append(f"data: streaming: rows are read, tokenised and {how} as training goes, each process "
+    order = (f"shuffled within windows of {d.shuffle_window} rows (seed {cfg.training.seed})" if d.shuffle_window > 1
+             else "in file order")
+    out.notes.append(f"data: streaming: rows are read ({order}), tokenised and {how} as training goes, each process "
                      f"reading its own rows; training stops after training.max_steps={cfg.training.max_steps} "
                      "steps, and each checkpoint holds the stream's position so a resume continues exactly")
 

@@ -147,6 +147,12 @@ class DataConfig:
     packing_buffer: int = 1000
     """streaming with data.packing: samples gathered before best-fit packing lays them into rows (more fills
     rows better, holds more in memory)."""
+    shuffle_window: int = 0
+    """streaming: the rows each process reads are shuffled within consecutive windows of this many rows, seeded
+    by training.seed and the window's place in the stream, so a resume re-reads the window it stopped in and
+    shuffles it the same way; 0 = file order. A window, not datasets' shuffle buffer (whose contents no checkpoint
+    can hold): a row moves only within its window, and every pass is shuffled alike; shuffle the files once on
+    disk for a global order."""
     num_proc: Optional[int] = None
     """Processes that tokenise the data (forked workers, a batch at a time); null = the CPU cores given to the job
     (Slurm's SLURM_CPUS_PER_TASK, else the cores this process may run on), at least 2000 rows each, and one process

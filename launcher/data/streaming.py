@@ -14,10 +14,9 @@ read whole), tokenised and cut or packed by one batched `map`:
   data.packing the samples of a group of data.packing_buffer rows are packed best-fit by trl's `pack_dataset`,
   as data read whole is packed (over the whole split there).
 
-The stream is read in file order (no shuffle buffer: datasets does not save one in its state, and a resume
-would then not be exact) and starts again from its first row when it runs out; training.max_steps ends
-training, and is the Trainer's one "epoch" (an epoch save or evaluation strategy acts at the end). Shuffle a
-corpus once on disk if its order matters.
+Each process's rows are read in file order, or with data.shuffle_window shuffled within consecutive windows of
+that many rows (`ShuffleWindow`); the stream starts again from its first row when it runs out; training.max_steps
+ends training, and is the Trainer's one "epoch" (an epoch save or evaluation strategy acts at the end).
 
 Exact resume: every checkpoint holds `stream_state_rank<R>.json`, datasets' `IterableDataset.state_dict()` of
 that process's stream at the step saved (its pass, the row reached, and the position inside the group being
@@ -52,6 +51,8 @@ VALID_ROWS = 1000
 TOKENISE_BATCH = 64
 """Rows per tokenizer call when nothing is packed (the output does not depend on it)."""
 STATE_FILE = "stream_state_rank{rank}.json"
+ROW = "__tunelaunch_row"
+"""The column that carries each row's place in this process's share through the shuffle (for error messages)."""
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -234,6 +235,9 @@ class Tokenise:
         return f"{index + 1} of those process {self.rank} reads"
 
     def __call__(self, batch: dict, indices: list[int]) -> dict:
+        if ROW in batch:  # shuffled: each row's own place in the share
+            batch = dict(batch)
+            indices = batch.pop(ROW)
         rows = [self.reader(raw, self.row_number(i)) for raw, i in zip(_raw_rows(batch), indices)]
         if self.encoder is None:
             blocks, _ = self.cut_blocks(self.cfg, self.tokenizer, rows, self.reader.format.name)
@@ -274,6 +278,26 @@ class Tokenise:
             return pack_dataset(Dataset.from_dict(columns), self.cfg.data.chunk_size, "bfd").to_dict()
 
 
+class ShuffleWindow:
+    """The batched map that shuffles each window of rows (a batch of `size`), by a permutation seeded with the
+    seed, the process's rank and the window's place in the stream (its first row's index). datasets' shuffle
+    buffer cannot be resumed exactly (its state does not hold the buffer's rows); a window can: the stream's state
+    inside this map is the position of the window's first row and the rows of it already given, so a resume
+    re-reads the window and shuffles it the same way. Each row keeps its place in the share in the ROW column."""
+
+    def __init__(self, seed: int, rank: int, size: int):
+        self.seed, self.rank, self.size = seed, rank, size
+
+    def __call__(self, batch: dict, indices: list[int]) -> dict:
+        import numpy as np
+
+        rng = np.random.default_rng([self.seed, self.rank, indices[0] // self.size])
+        order = rng.permutation(len(indices))
+        out = {name: [values[i] for i in order] for name, values in batch.items()}
+        out[ROW] = [indices[i] for i in order]
+        return out
+
+
 def train_stream(cfg: RunConfig, tokenizer, checked: load.DataCheck, cut_blocks=None):
     """This process's training sequences, endlessly (a datasets.IterableDataset), from a checked plan. The default
     trainer passes its `token_blocks(cfg, tokenizer, rows, fmt) -> (blocks, tokens)`, which cuts each group of
@@ -298,11 +322,17 @@ def train_stream(cfg: RunConfig, tokenizer, checked: load.DataCheck, cut_blocks=
     reader = RowReader(cfg, source, head_rows(source, load.RENDER_CHECK_ROWS))
     group = cfg.data.packing_buffer if (cfg.trainer.name == "default" or cfg.data.packing) else TOKENISE_BATCH
     names = rows.column_names or reader.columns
+    window = cfg.data.shuffle_window
+    if window > 1:
+        rows = rows.map(ShuffleWindow(cfg.training.seed, rank, window), batched=True, batch_size=window,
+                        with_indices=True)
+        names = [*names, ROW]
     sequences = rows.map(Tokenise(cfg, tokenizer, reader, rank, world, row_level, cut_blocks), batched=True,
                          batch_size=group, with_indices=True, remove_columns=names)
 
     log.info("streaming %s: process %d of %d reads %s, %s", source.describe(), rank, world,
-             "every %d-th row" % world if world > 1 and row_level else "its own shards" if world > 1 else "every row",
+             ("every %d-th row" % world if world > 1 and row_level else "its own shards" if world > 1 else
+              "every row") + (f" shuffled within windows of {window} rows" if window > 1 else ""),
              f"packed in groups of {group} samples" if cfg.data.packing and cfg.trainer.name == "sft" else
              f"cut into blocks of {cfg.data.block_size} tokens in groups of {group} rows"
              if cfg.trainer.name == "default" else "one sequence per row")

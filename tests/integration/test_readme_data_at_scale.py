@@ -30,6 +30,7 @@ def test_the_data_at_scale_block_runs_as_written(tmp_path):
     assert state["status"] == "finished" and state["global_step"] == 6
     assert json.loads((streamed / "manifest.json").read_text())["metrics"]["train_rows"] == "streamed"
     assert "streamed (its first 40 rows checked)" in out
+    assert "rows are read (shuffled within windows of 50 rows" in out  # plan's note of data.shuffle_window
 
     # tool calls trained, the tool's result not; the reasoning trace shown but not trained
     assert '[[<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>]]' in out

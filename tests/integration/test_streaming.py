@@ -61,7 +61,8 @@ def take(iterator, n: int) -> list:
 @pytest.mark.parametrize("trainer, extra", [
     ("sft", ("data.packing=true", "data.packing_buffer=8", "data.block_size=128")),
     ("default", ("data.packing_buffer=5", "data.block_size=32")),
-])
+    ("sft", ("data.packing=true", "data.packing_buffer=8", "data.block_size=128", "data.shuffle_window=3")),
+], ids=["sft-packed", "default", "sft-packed-shuffled"])
 def test_the_saved_position_resumes_the_stream_exactly(tmp_path, trainer, extra):
     data = write_chat_corpus(tmp_path / "data", rows=60)
     cfg = planned_cfg(tmp_path, f"trainer={trainer}", f"data.path={data}", "data.valid_split=null", *extra)
@@ -99,6 +100,48 @@ def test_each_process_trains_on_its_own_rows(tmp_path):
         seen[rank] = [int(t.split("question ")[1].split(":")[0]) for t in texts]
     assert seen[0] == [*range(0, 40, 2), *range(0, 10, 2)]  # 20 rows, then the next pass
     assert seen[1] == [*range(1, 40, 2), *range(1, 10, 2)]
+
+
+def question_numbers(cfg, sequences: list) -> list[int]:
+    from launcher import models
+
+    tokenizer = models.load_tokenizer(cfg)
+    return [int(t.split("question ")[1].split(":")[0]) for t in (tokenizer.decode(s["input_ids"]) for s in sequences)]
+
+
+def test_a_shuffle_window_permutes_each_window_of_each_processs_rows(tmp_path):
+    """data.shuffle_window=8 on two ranks: each rank's rows come in windows of 8 of its own rows, each window a
+    permutation of them (not file order), the two ranks' windows shuffled differently, no row on both; seed 0 and
+    seed 1 shuffle differently, and the same seed the same."""
+    data = write_chat_corpus(tmp_path / "data", rows=64)
+    cfg = planned_cfg(tmp_path, f"data.path={data}", "data.valid_split=null", "data.block_size=128",
+                      "data.shuffle_window=8")
+    seen = {rank: question_numbers(cfg, take(iter(stream_of(cfg, rank, 2)), 32)) for rank in (0, 1)}
+    for rank, order in seen.items():
+        share = list(range(rank, 64, 2))
+        windows = [order[i:i + 8] for i in range(0, 32, 8)]
+        assert [sorted(w) for w in windows] == [share[i:i + 8] for i in range(0, 32, 8)]
+        assert sum(w != sorted(w) for w in windows) >= 3, windows  # shuffled, not read in order
+    assert [x - 1 for x in seen[1]] != seen[0]  # each rank has its own permutations
+    other = planned_cfg(tmp_path, f"data.path={data}", "data.valid_split=null", "data.block_size=128",
+                        "data.shuffle_window=8", "training.seed=1")
+    once, again = (question_numbers(c, take(iter(stream_of(c)), 16)) for c in (cfg, cfg))
+    assert once == again and question_numbers(other, take(iter(stream_of(other)), 16)) != once
+
+
+def test_a_windows_permutation_depends_on_its_place_only():
+    """What makes a shuffled resume exact wherever datasets re-reads from: a window is shuffled by the seed, the
+    rank and its place in the stream, not by how many windows this object shuffled before."""
+    batch = {"x": list(range(50, 58))}
+    fresh = streaming.ShuffleWindow(seed=3, rank=0, size=8)(batch, list(range(40, 48)))
+    used = streaming.ShuffleWindow(seed=3, rank=0, size=8)
+    for start in (0, 8, 16):
+        used({"x": list(range(8))}, list(range(start, start + 8)))
+    assert used(batch, list(range(40, 48))) == fresh
+    assert sorted(fresh["x"]) == batch["x"] and fresh["x"] != batch["x"]
+    assert [x - 50 + 40 for x in fresh["x"]] == fresh[streaming.ROW]  # each row keeps its own place
+    assert streaming.ShuffleWindow(3, 1, 8)(batch, list(range(40, 48))) != fresh  # another rank
+    assert streaming.ShuffleWindow(3, 0, 8)(batch, list(range(48, 56)))["x"] != fresh["x"]  # another window
 
 
 def test_a_stream_that_gives_no_sequence_is_an_error_not_an_empty_run(tmp_path):
@@ -165,6 +208,11 @@ def test_a_bad_row_further_on_stops_training_naming_file_and_row(tmp_path):
     stream = stream_of(cfg)
     with pytest.raises(DataFileError, match=rf"{train}: row {bad + 1}: messages: no assistant turn"):
         take(iter(stream), bad + 10)
+    # shuffled, the row is still named by its place in the file
+    shuffled = planned_cfg(tmp_path, f"data.path={data}", "data.valid_split=null", "data.block_size=64",
+                           "data.shuffle_window=16")
+    with pytest.raises(DataFileError, match=rf"{train}: row {bad + 1}: messages: no assistant turn"):
+        take(iter(stream_of(shuffled)), bad + 10)
 
 
 def probe_env(probe_dir: Path, extra: dict | None = None) -> dict:
@@ -213,7 +261,7 @@ RESUME_ARGS = ("recipe=sft/chat_tiny", "data.streaming=true", "data.valid_split=
                "training.max_steps=12", "training.save_strategy=steps", "training.save_steps=3",
                "training.save_total_limit=10", "logging.steps=1")
 LAYOUTS = {"sft-packed": ("trainer=sft", "data.packing=true", "data.packing_buffer=16", "data.block_size=128"),
-           "default": ("trainer=default", "data.packing_buffer=10", "data.block_size=64")}
+           "default": ("trainer=default", "data.packing_buffer=10", "data.block_size=64", "data.shuffle_window=25")}
 
 
 def train_command(run_dir: Path, data: Path, *extra: str) -> list[str]:

@@ -405,7 +405,22 @@ def test_streaming_needs_max_steps_and_says_why():
     cfg.training.max_steps = 20
     out = resolve(cfg, CPU)
     assert not out.problems
-    assert any(n.startswith("data: streaming: rows are read, tokenised") and "max_steps=20" in n for n in out.notes)
+    assert any(n.startswith("data: streaming: rows are read (in file order), tokenised") and "max_steps=20" in n
+               for n in out.notes)
+
+
+def test_a_shuffle_window_is_stated_refused_below_zero_and_noted_unused_without_streaming():
+    cfg = valid_cfg()
+    cfg.data.streaming, cfg.training.max_steps, cfg.data.shuffle_window = True, 5, 500
+    out = resolve(cfg, CPU)
+    assert any("rows are read (shuffled within windows of 500 rows (seed" in n for n in out.notes), out.notes
+    cfg.data.shuffle_window = -1
+    [problem] = [p for p in resolve(cfg, CPU).problems if p.key == "data.shuffle_window"]
+    assert "must be 0 (file order) or a number of rows, got -1" in problem.message
+    cfg = valid_cfg()
+    cfg.data.shuffle_window = 500
+    out = resolve(cfg, CPU)
+    assert not out.problems and any(n.startswith("data.shuffle_window applies to data.streaming only") for n in out.notes)
 
 
 @pytest.mark.parametrize("trainer", ["dpo", "kto", "grpo"])
