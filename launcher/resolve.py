@@ -309,10 +309,6 @@ def _streaming(cfg: RunConfig, out: Resolution) -> None:
             "data.streaming reads the data as it trains, so the number of rows, and with it the length of an "
             "epoch, the learning-rate schedule and the end of training, is unknown up front: set "
             "training.max_steps (e.g. training.max_steps=1000), or data.streaming=false")))
-    if d.datasets:
-        out.problems.append(Problem("data.streaming / data.datasets", (
-            "a mixture is drawn from sources held whole; stream one source (data.path), or set "
-            "data.streaming=false")))
     if d.packing and d.wrap_packed_sequences:
         out.problems.append(Problem("data.wrap_packed_sequences", (
             "with data.streaming the samples are packed best-fit over data.packing_buffer samples; wrapping is "

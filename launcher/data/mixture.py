@@ -25,6 +25,8 @@ Validation rows are never weighted: each source's own valid_split, or what the r
 (data.validation_fraction, data.num_validation_samples) take from each source's training rows, concatenated.
 Which source each mixed row came from is kept in a list beside the rows (`Split.origins`), not in a column: the
 trainers would see a column.
+With data.streaming the sources are checked by their first rows and mixed as training reads them
+(launcher.data.streaming); `convert` is the one conversion both use.
 """
 from __future__ import annotations
 
@@ -188,8 +190,8 @@ def mix(cfg: RunConfig, out) -> None:
     Split = m.one.split
     for s in m.sources:
         fmt = s.check.format
-        s.rows = [_convert(r, fmt, m.format) for r in s.check.train.rows]
-        s.valid_rows = [_convert(r, fmt, m.format) for r in s.check.valid.rows] if s.check.valid else []
+        s.rows = [convert(r, fmt, m.format) for r in s.check.train.rows]
+        s.valid_rows = [convert(r, fmt, m.format) for r in s.check.valid.rows] if s.check.valid else []
     sizes = [len(s.rows) for s in m.sources]
     if m.strategy == "interleave":
         m.picks = _interleave(sizes, m.shares(), cfg.training.seed, m.stopping_strategy)
@@ -228,7 +230,8 @@ def _interleave(sizes: list[int], shares: list[float], seed: int, stopping: str)
     return list(zip(mixed["source"], mixed["row"]))
 
 
-def _convert(row: dict, fmt: str, target: str) -> dict:
+def convert(row: dict, fmt: str, target: str) -> dict:
+    """A checked row of format `fmt` in the mixture's format `target`."""
     source = formats.BY_NAME[fmt]
     if fmt == target or not source.chat:
         return row  # (unpaired rows stay as they are: the kto trainer's trl_row makes string prompts user turns)

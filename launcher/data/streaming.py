@@ -5,7 +5,10 @@ The training split is opened with datasets' `load_dataset(..., streaming=True)` 
 trained by two): each process streams its own shards (`split_dataset_by_node`) when the source has a multiple of
 the processes' count of them (files), else takes every world-th row (one file), and each row is checked and
 normalised (`formats.normalise`, as for data
-read whole), tokenised and cut or packed by one batched `map`:
+read whole), tokenised and cut or packed by one batched `map`. A mixture (data.datasets) streams every source
+so, each row converted to the mixture's format as data read whole is mixed (launcher.data.mixture), and each
+process draws from its shares of the sources by weight (`datasets.interleave_datasets`, whose random state is
+part of the stream's) or takes them one after the other (concat):
 
 - default: the texts of a group of data.packing_buffer rows are concatenated (eos after each with
   data.add_eos_token) and cut into blocks of data.block_size; the tail of each group that fills no block is
@@ -41,7 +44,7 @@ from typing import Optional
 
 from launcher.config.errors import Problem
 from launcher.config.schema import RunConfig
-from launcher.data import formats, load
+from launcher.data import formats, load, mixture
 from launcher.data.files import DataFileError, SplitSource, locate
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ TOKENISE_BATCH = 64
 STATE_FILE = "stream_state_rank{rank}.json"
 ROW = "__tunelaunch_row"
 """The column that carries each row's place in this process's share through the shuffle (for error messages)."""
+SAMPLE, WHERE = "__tunelaunch_sample", "__tunelaunch_where"
+"""A streamed mixture's columns: each canonical row as JSON, and where it came from (source, file, row)."""
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -64,6 +69,16 @@ def check_stream(cfg: RunConfig, read_hub: bool = False) -> load.DataCheck:
     the training split is never read here. `train.rows` then holds only those first rows (a sample for the
     checks, not the training data). A hub split is read only with read_hub (the worker: plan assumes no
     network)."""
+    if cfg.data.datasets:
+        # each source's head checked as one streamed source is, then mixed as data read whole is mixed (the
+        # mixture's shares and samples in plan and prepare are those of the heads)
+        out = mixture.check_mixture(cfg, mixture.OneSource(
+            check=lambda one: check_stream(one, read_hub), fill_hub_rows=lambda one, check: None,
+            data_check=load.DataCheck, split=load.Split))
+        out.notes = [note + " (drawn from the first rows of each source, the ones checked; training draws the "
+                     "same way from the whole streams)" if note.startswith("data: mixture (") else note
+                     for note in out.notes]
+        return out
     out = load.DataCheck()
     d = cfg.data
     out.problems += streaming_problems(cfg)
@@ -176,10 +191,22 @@ def open_rows(source: SplitSource):
     import datasets
 
     if source.file is not None:
+        # CSV cells are text, as the rows read whole are (csv.DictReader): pandas would make "42" an int and an
+        # empty cell NaN
+        as_text = {"features": _text_columns(source.file), "na_filter": False} if source.file.suffix == ".csv" else {}
         return datasets.load_dataset(BUILDERS[source.file.suffix], data_files=str(source.file), split="train",
-                                     streaming=True)
+                                     streaming=True, **as_text)
     return datasets.load_dataset(source.hub_id, source.hub_config, split=source.split, streaming=True,
                                  token=os.environ.get("HF_TOKEN"))
+
+
+def _text_columns(file: Path):
+    """Every column of a CSV file's header as text (datasets.Features)."""
+    from datasets import Features, Value
+
+    with file.open(newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    return Features({name: Value("string") for name in header})
 
 
 class RowReader:
@@ -216,31 +243,33 @@ def _raw_rows(batch: dict) -> list[dict]:
 class Tokenise:
     """The batched map of a stream: a group of raw rows -> training sequences (see the module docstring)."""
 
-    def __init__(self, cfg: RunConfig, tokenizer, reader: RowReader, rank: int, world: int, row_level: bool,
-                 cut_blocks=None):
+    def __init__(self, cfg: RunConfig, tokenizer, reader: Optional[RowReader], rank: int, world: int,
+                 row_level: bool, cut_blocks=None, fmt: Optional[str] = None):
         self.cfg, self.tokenizer, self.reader, self.cut_blocks = cfg, tokenizer, reader, cut_blocks
         self.rank, self.world, self.row_level = rank, world, row_level
-        self.encoder = None
+        self.format = formats.BY_NAME[fmt] if fmt else reader.format
+        self.encoder, self.where = None, []
         if cfg.trainer.name == "sft":
             from launcher.data.encode import SFTEncoder
 
-            self.encoder = SFTEncoder(tokenizer, reader.format.name, reader.format.template(cfg.data.chat_template),
+            self.encoder = SFTEncoder(tokenizer, self.format.name, self.format.template(cfg.data.chat_template),
                                       cfg.trainer.train_on, cfg.data.add_eos_token)
 
     def row_number(self, index: int) -> str:
-        """The row's number in the file when the processes share it row by row, else its place in this
-        process's share (a split by whole files/shards)."""
-        if self.world == 1 or self.row_level:
-            return str(index * self.world + self.rank + 1)
-        return f"{index + 1} of those process {self.rank} reads"
+        return row_number(index, self.rank, self.world, self.row_level)
 
     def __call__(self, batch: dict, indices: list[int]) -> dict:
-        if ROW in batch:  # shuffled: each row's own place in the share
-            batch = dict(batch)
-            indices = batch.pop(ROW)
-        rows = [self.reader(raw, self.row_number(i)) for raw, i in zip(_raw_rows(batch), indices)]
+        if SAMPLE in batch:  # a mixture's rows, read and converted by each source's MixedRows
+            rows = [json.loads(x) for x in batch[SAMPLE]]
+            self.where = batch[WHERE]
+        else:
+            if ROW in batch:  # shuffled: each row's own place in the share
+                batch = dict(batch)
+                indices = batch.pop(ROW)
+            rows = [self.reader(raw, self.row_number(i)) for raw, i in zip(_raw_rows(batch), indices)]
+            self.where = [f"{self.reader.where}: row {self.row_number(i)}" for i in indices]
         if self.encoder is None:
-            blocks, _ = self.cut_blocks(self.cfg, self.tokenizer, rows, self.reader.format.name)
+            blocks, _ = self.cut_blocks(self.cfg, self.tokenizer, rows, self.format.name)
             return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
         return self._sft(rows, indices)
 
@@ -253,11 +282,11 @@ class Tokenise:
         try:
             encoded = self.encoder.many(rows)
         except EncodeError:
-            for row, i in zip(rows, indices):  # the row the error is about
+            for row, where in zip(rows, self.where):  # the row the error is about
                 try:
                     self.encoder(row)
                 except EncodeError as err:
-                    raise EncodeError(f"{self.reader.where}: row {self.row_number(i)}: {err}") from None
+                    raise EncodeError(f"{where}: {err}") from None
             raise
         for enc in encoded:
             ids, labels = enc.input_ids[:limit], enc.labels[:limit]
@@ -276,6 +305,38 @@ class Tokenise:
         # each group)
         with _quiet_datasets():
             return pack_dataset(Dataset.from_dict(columns), self.cfg.data.chunk_size, "bfd").to_dict()
+
+
+def row_number(index: int, rank: int, world: int, row_level: bool) -> str:
+    """A row's number in its file when the processes share it row by row, else its place in this process's share
+    (a split by whole files/shards)."""
+    if world == 1 or row_level:
+        return str(index * world + rank + 1)
+    return f"{index + 1} of those process {rank} reads"
+
+
+class MixedRows:
+    """The batched map that reads one source of a streamed mixture: its raw rows -> canonical rows in the
+    mixture's format (launcher.data.mixture's conversion), each as JSON in the SAMPLE column with where it came
+    from in WHERE. JSON, not columns: the sources' rows differ in keys, and the mixed stream's Arrow-free rows
+    reach the tokeniser exactly as checked."""
+
+    def __init__(self, reader: RowReader, label: str, fmt: str, target: str, rank: int, world: int,
+                 row_level: bool):
+        self.reader, self.label, self.fmt, self.target = reader, label, fmt, target
+        self.rank, self.world, self.row_level = rank, world, row_level
+
+    def __call__(self, batch: dict, indices: list[int]) -> dict:
+        out = {SAMPLE: [], WHERE: []}
+        for raw, i in zip(_raw_rows(batch), indices):
+            number = row_number(i, self.rank, self.world, self.row_level)
+            try:
+                row = self.reader(raw, number)
+            except DataFileError as err:
+                raise DataFileError(f"{self.label}: {err}") from None
+            out[SAMPLE].append(json.dumps(mixture.convert(row, self.fmt, self.target)))
+            out[WHERE].append(f"{self.label}: {self.reader.where}: row {number}")
+        return out
 
 
 class ShuffleWindow:
@@ -302,13 +363,46 @@ def train_stream(cfg: RunConfig, tokenizer, checked: load.DataCheck, cut_blocks=
     """This process's training sequences, endlessly (a datasets.IterableDataset), from a checked plan. The default
     trainer passes its `token_blocks(cfg, tokenizer, rows, fmt) -> (blocks, tokens)`, which cuts each group of
     rows as it cuts a split read whole (sft encodes with SFTEncoder)."""
-    from datasets.distributed import split_dataset_by_node
-
     from launcher.distributed import runtime
 
-    source = checked.train.source
-    rows = open_rows(source)
     rank, world = runtime.rank(), runtime.world_size()
+    if checked.mixture is not None:
+        rows, names, row_level, reader = _mixed_rows(cfg, checked.mixture, rank, world), [SAMPLE, WHERE], True, None
+        what = mixture.describe(cfg)
+    else:
+        source = checked.train.source
+        rows, row_level = _dealt(open_rows(source), rank, world)
+        reader = RowReader(cfg, source, head_rows(source, load.RENDER_CHECK_ROWS))
+        names = rows.column_names or reader.columns
+        what = source.describe()
+    group = cfg.data.packing_buffer if (cfg.trainer.name == "default" or cfg.data.packing) else TOKENISE_BATCH
+    window = cfg.data.shuffle_window
+    if window > 1:
+        rows = rows.map(ShuffleWindow(cfg.training.seed, rank, window), batched=True, batch_size=window,
+                        with_indices=True)
+        names = [*names, ROW]
+    fmt = checked.format if checked.mixture is not None else None  # (one source: the reader's, from its head)
+    sequences = rows.map(Tokenise(cfg, tokenizer, reader, rank, world, row_level, cut_blocks, fmt),
+                         batched=True, batch_size=group, with_indices=True, remove_columns=names)
+
+    log.info("streaming %s: process %d of %d reads %s, %s", what, rank, world,
+             ("its share of each source" if checked.mixture is not None and world > 1 else
+              "every %d-th row" % world if world > 1 and row_level else "its own shards" if world > 1 else
+              "every row") + (f" shuffled within windows of {window} rows" if window > 1 else ""),
+             f"packed in groups of {group} samples" if cfg.data.packing and cfg.trainer.name == "sft" else
+             f"cut into blocks of {cfg.data.block_size} tokens in groups of {group} rows"
+             if cfg.trainer.name == "default" else "one sequence per row")
+    if next(iter(sequences), None) is None:  # (else the Trainer would end at step 0 and call it finished)
+        raise DataFileError(f"{what}: the rows process {rank} reads give no training sequence (every "
+                            "row shorter than a block, or with nothing to train): add data or lower data.block_size")
+    # endless: a pass that ends starts the next (its number is in the state, so a resume lands in the same pass)
+    return sequences.repeat(None)
+
+
+def _dealt(rows, rank: int, world: int):
+    """This process's share of a source's raw rows, and whether it was dealt row by row."""
+    from datasets.distributed import split_dataset_by_node
+
     row_level = rows.n_shards % world != 0
     if world > 1 and not row_level:
         # each process streams its own shards (files) of the source
@@ -319,28 +413,29 @@ def train_stream(cfg: RunConfig, tokenizer, checked: load.DataCheck, cut_blocks=
         # rows are dealt here, before they are tokenised: process r takes rows r, r + world, ...
         rows = rows.filter(lambda batch, indices: [i % world == rank for i in indices], with_indices=True,
                            batched=True, batch_size=1000)
-    reader = RowReader(cfg, source, head_rows(source, load.RENDER_CHECK_ROWS))
-    group = cfg.data.packing_buffer if (cfg.trainer.name == "default" or cfg.data.packing) else TOKENISE_BATCH
-    names = rows.column_names or reader.columns
-    window = cfg.data.shuffle_window
-    if window > 1:
-        rows = rows.map(ShuffleWindow(cfg.training.seed, rank, window), batched=True, batch_size=window,
-                        with_indices=True)
-        names = [*names, ROW]
-    sequences = rows.map(Tokenise(cfg, tokenizer, reader, rank, world, row_level, cut_blocks), batched=True,
-                         batch_size=group, with_indices=True, remove_columns=names)
+    return rows, row_level
 
-    log.info("streaming %s: process %d of %d reads %s, %s", source.describe(), rank, world,
-             ("every %d-th row" % world if world > 1 and row_level else "its own shards" if world > 1 else
-              "every row") + (f" shuffled within windows of {window} rows" if window > 1 else ""),
-             f"packed in groups of {group} samples" if cfg.data.packing and cfg.trainer.name == "sft" else
-             f"cut into blocks of {cfg.data.block_size} tokens in groups of {group} rows"
-             if cfg.trainer.name == "default" else "one sequence per row")
-    if next(iter(sequences), None) is None:  # (else the Trainer would end at step 0 and call it finished)
-        raise DataFileError(f"{source.describe()}: the rows process {rank} reads give no training sequence (every "
-                            "row shorter than a block, or with nothing to train): add data or lower data.block_size")
-    # endless: a pass that ends starts the next (its number is in the state, so a resume lands in the same pass)
-    return sequences.repeat(None)
+
+def _mixed_rows(cfg: RunConfig, mix, rank: int, world: int):
+    """A streamed mixture: each source's share of rows read and converted (MixedRows), then drawn by weight
+    (datasets.interleave_datasets, seeded with training.seed; its random state is part of the stream's) or
+    taken one source after the other (concat). Each process mixes its own shares of the sources."""
+    from datasets import concatenate_datasets, interleave_datasets
+
+    parts = []
+    for s in mix.sources:
+        one = mixture.source_config(cfg, cfg.data.datasets[s.index])
+        source = s.check.train.source
+        rows, row_level = _dealt(open_rows(source), rank, world)
+        reader = RowReader(one, source, head_rows(source, load.RENDER_CHECK_ROWS))
+        parts.append(rows.map(MixedRows(reader, s.label, s.check.format, mix.format, rank, world, row_level),
+                              batched=True, batch_size=TOKENISE_BATCH, with_indices=True,
+                              remove_columns=rows.column_names or reader.columns).select_columns([SAMPLE, WHERE]))
+        # (select_columns: without it the mixed rows carry every source's raw columns, as None)
+    if mix.strategy == "interleave":
+        return interleave_datasets(parts, probabilities=mix.shares(), seed=cfg.training.seed,
+                                   stopping_strategy=mix.stopping_strategy)
+    return concatenate_datasets(parts)
 
 
 # ---- the trainer and checkpoints

@@ -31,6 +31,10 @@ def test_the_data_at_scale_block_runs_as_written(tmp_path):
     assert json.loads((streamed / "manifest.json").read_text())["metrics"]["train_rows"] == "streamed"
     assert "streamed (its first 40 rows checked)" in out
     assert "rows are read (shuffled within windows of 50 rows" in out  # plan's note of data.shuffle_window
+    # the streamed mixture: trained to max_steps, its shares drawn from the checked heads
+    state = json.loads((tmp_path / "runs" / "sft-mixture-streamed" / "run_state.json").read_text())
+    assert state["status"] == "finished" and state["global_step"] == 4
+    assert "training draws the same way from the whole streams" in out
 
     # tool calls trained, the tool's result not; the reasoning trace shown but not trained
     assert '[[<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>]]' in out

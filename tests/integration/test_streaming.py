@@ -306,3 +306,90 @@ def test_kill_9_mid_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path,
     resumed = kill_after_checkpoint_and_resume(tmp_path, data, LAYOUTS[layout], {})
     diff = max_weight_diff(tmp_path / "whole", resumed)
     assert diff <= 1e-5, f"resumed weights differ from the uninterrupted run's by {diff}"
+
+
+# ---- a streamed mixture
+
+def streamed_mixture_cfg(tmp_path: Path, paths: list, *overrides: str):
+    from launcher.planning import make_plan
+    from tests.integration.test_mixture import config_file
+
+    return make_plan(config_file(tmp_path, paths), [f"project_name={tmp_path / 'run'}", "data.streaming=true",
+                                                    "data.valid_split=null", "training.max_steps=10",
+                                                    "data.block_size=128", *overrides]).cfg
+
+
+def mixed_rows(cfg, rank: int = 0, world: int = 1):
+    """The stream of mixed canonical rows a process tokenises (with where each came from)."""
+    checked = streaming.check_stream(cfg)
+    assert not checked.problems, checked.problems
+    return streaming._mixed_rows(cfg, checked.mixture, rank, world)
+
+
+def test_a_streamed_mixture_draws_by_weight_and_resumes_exactly(tmp_path):
+    """Three sources in three formats (chat JSONL, Alpaca CSV, prompt/completion parquet) streamed at once: rows are
+    drawn by the weights 0.5/0.3/0.2 (within 3 points over 1,000 rows), every source's rows in their order, and
+    the tokenised stream's saved position resumes it exactly."""
+    from tests.unit.data.test_mixture import write_sources
+
+    paths = write_sources(tmp_path, (1000, 600, 400))
+    cfg = streamed_mixture_cfg(tmp_path, paths)
+    wheres = [row[streaming.WHERE] for _, row in zip(range(1000), iter(mixed_rows(cfg)))]
+    for index, (path, weight) in enumerate(zip(paths, (0.5, 0.3, 0.2))):
+        mine = [w for w in wheres if w.startswith(f"data.datasets[{index}] ({path.stem}): {path}: row ")]
+        assert abs(len(mine) / 1000 - weight) <= 0.03, (index, len(mine))
+        assert [int(w.rsplit(" ", 1)[1]) for w in mine] == list(range(1, len(mine) + 1))  # in order, none twice
+    whole = stream_of(cfg)
+    it = iter(whole)
+    take(it, 9)
+    state = json.loads(json.dumps(whole.state_dict()))
+    rest = take(it, 40)
+    resumed = stream_of(cfg)
+    resumed.load_state_dict(state)
+    assert take(iter(resumed), 40) == rest
+
+
+def test_each_process_mixes_its_own_share_of_every_source(tmp_path):
+    from tests.unit.data.test_mixture import write_sources
+
+    paths = write_sources(tmp_path, (40, 30, 20))
+    cfg = streamed_mixture_cfg(tmp_path, paths)
+    seen = {rank: [row[streaming.WHERE] for _, row in zip(range(45), iter(mixed_rows(cfg, rank, 2)))]
+            for rank in (0, 1)}
+    assert not set(seen[0]) & set(seen[1])
+    for rank, wheres in seen.items():
+        numbers = [int(w.rsplit(" ", 1)[1]) for w in wheres]
+        assert all((n - 1) % 2 == rank for n in numbers), wheres  # rank r: rows r, r + 2, ... of each source
+        assert {w.split(" ", 1)[0] for w in wheres} == {"data.datasets[0]", "data.datasets[1]", "data.datasets[2]"}
+
+
+def test_a_bad_row_further_in_a_streamed_source_is_named_with_source_file_and_row(tmp_path):
+    from tests.unit.data.test_mixture import write_sources
+
+    bad = load.RENDER_CHECK_ROWS + 50  # past the head the preflight checks
+    paths = write_sources(tmp_path, (30, bad + 20, 30))
+    alpaca = paths[1]
+    lines = alpaca.read_text().splitlines()
+    lines[bad] = "an instruction,,"  # no output
+    alpaca.write_text("\n".join(lines) + "\n")
+    cfg = streamed_mixture_cfg(tmp_path, paths, "data.mixture=concat")
+    with pytest.raises(DataFileError, match=rf"data.datasets\[1\] \(alpaca\): {alpaca}: row {bad}: "):
+        take(iter(stream_of(cfg)), 30 + bad + 10)
+
+
+def test_a_bad_column_in_a_streamed_source_stops_the_plan_naming_source_and_file(tmp_path):
+    from launcher.config.errors import ConfigError
+    from tests.unit.data.test_mixture import write_sources
+
+    from launcher.planning import make_plan
+    from tests.integration.test_mixture import config_file
+
+    paths = write_sources(tmp_path, (5, 5, 5))
+    config = config_file(tmp_path, paths)
+    doc = yaml.safe_load(open(config))
+    doc["data"]["datasets"][1]["column_mapping"] = {"text_column": "response"}
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as err:
+        make_plan(config, [f"project_name={tmp_path / 'run'}", "data.streaming=true", "training.max_steps=10"])
+    assert (f"data.datasets[1] (alpaca): {paths[1]}: data.datasets[1].column_mapping.text_column=response names a "
+            "column the file does not have") in str(err.value)

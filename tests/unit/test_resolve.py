@@ -436,7 +436,7 @@ def test_streaming_is_refused_for_the_trainers_that_read_data_whole(trainer):
     assert "default, sft" in problem.message or "sft, default" in problem.message
 
 
-def test_streaming_a_mixture_or_wrapped_packing_is_refused():
+def test_streaming_wrapped_packing_is_refused_and_a_mixture_is_not():
     cfg = valid_cfg()
     cfg.data.streaming, cfg.training.max_steps = True, 5
     cfg.data.packing = cfg.data.wrap_packed_sequences = True
@@ -444,4 +444,4 @@ def test_streaming_a_mixture_or_wrapped_packing_is_refused():
     cfg.data.datasets = [DataSource(path="a"), DataSource(path="b")]
     out = Resolution()
     resolve_module._streaming(cfg, out)
-    assert {p.key for p in out.problems} == {"data.streaming / data.datasets", "data.wrap_packed_sequences"}
+    assert {p.key for p in out.problems} == {"data.wrap_packed_sequences"}
