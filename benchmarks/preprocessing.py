@@ -84,6 +84,31 @@ def ours_on_cores(rows_file: Path, warm_file: Path, model: Path, cache: Path, co
     return seconds, rows, tokens
 
 
+TOKENISE_ONLY = ("import json, sys, time; from transformers import AutoTokenizer; "
+                 "tok = AutoTokenizer.from_pretrained(sys.argv[1]).backend_tokenizer; "
+                 "texts = [json.loads(line)['text'] for line in open(sys.argv[2])]; "
+                 "tok.encode_batch_fast(texts[:256]); start = time.perf_counter(); "
+                 "[tok.encode_batch_fast(texts[i:i + 256], add_special_tokens=False) for i in range(0, len(texts), 256)]; "
+                 "print(time.perf_counter() - start)")
+
+
+def side_by_side(text_file: Path, model: Path) -> float:
+    """The machine's own cost of running processes side by side: the tokenizer alone (one thread, the texts of
+    `text_file`) in one process on core 0, then in two processes at once on cores 0 and 1; returns how many
+    times longer each took beside the other (1.0: the cores do not slow each other)."""
+    import subprocess
+
+    def start(core: int):
+        return subprocess.Popen([sys.executable, "-c", TOKENISE_ONLY, str(model), str(text_file)], text=True,
+                                stdout=subprocess.PIPE, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+                                preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    alone = float(start(cores[0]).communicate()[0])
+    pair = [start(c) for c in cores]
+    return max(float(p.communicate()[0]) for p in pair) / alone
+
+
 def self_check(rows_file: Path, model: Path, tokenizer, tmp: Path) -> str:
     """Our ids and labels against transformers' own mask on the first rows, and 1 process against 2; raises on a
     difference, else says what was checked."""
@@ -208,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ("bare map(apply_chat_template + tokenizer)", "bare", True)]
         runs: dict = {}  # (arm, render, workers, state) -> [(seconds, rows, tokens)], one per repeat
         busy: dict = {}  # (arm, render) -> [CPU seconds / wall seconds of a cold 1-process run], one per repeat
+        beside: list = []  # each process's time beside another / alone, the tokenizer alone, one per repeat
         for repeat in range(repeats):
             loads.append(os.getloadavg()[0])
             for workers in (1, 2):
@@ -225,6 +251,9 @@ def main(argv: list[str] | None = None) -> dict:
                             busy.setdefault((kind, render), []).append((cpu_seconds() - cpu) / seconds)
                         print(f"[{label}, {workers} process(es), {state}, run {repeat + 1}] {seconds:.2f} s",
                               flush=True)
+            beside.append(side_by_side(files["text"], model))
+            print(f"[the tokenizer alone, 2 processes side by side, run {repeat + 1}] each {beside[-1]:.2f}x one alone",
+                  flush=True)
             for cores in (1, 2):
                 seconds, rows, tokens = ours_on_cores(files["messages"], warm_file, model,
                                                       tmp / f"cache-cores-{cores}-{repeat}", cores)
@@ -255,6 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      figures[("bare", False, 1, "cold")]["runs"])]
     core_scaling = rate(("ours-on-its-cores", None, 2, "cold")) / rate(("ours-on-its-cores", None, 1, "cold"))
     cores = len(os.sched_getaffinity(0))
+    slowdown = statistics.median(beside)
     ours_busy, bare_busy = (statistics.median(busy[arm]) for arm in (("ours", None), ("bare", False)))
     body = results.table(["pipeline", "processes", "cache", "seconds", "rows/s", "tokens/s", "work"], table) + [
         "",
@@ -273,7 +303,11 @@ def main(argv: list[str] | None = None) -> dict:
         "",
         *results.table(["processes = cores", "seconds", "rows/s", "tokens/s"], single),
         "",
-        f"2 processes on 2 cores: {core_scaling:.2f}× 1 process on 1 core.",
+        f"2 processes on 2 cores: {core_scaling:.2f}× 1 process on 1 core. The machine's own ceiling for that: the "
+        f"tokenizer alone (one thread, the same rendered texts) in two processes side by side on the two cores takes "
+        f"{slowdown:.2f}× as long in each as in one process alone (median; runs: "
+        f"{', '.join(f'{x:.2f}×' for x in beside)}), so two processes can do at most {2 / slowdown:.2f}× the work "
+        "of one here, whatever they run.",
         "",
         checked,
         "",
@@ -290,6 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures["ratio"], figures["scaling"], figures["self_check"] = ratio, scaling, checked
     figures["core_scaling"] = core_scaling
     figures["busy"] = {"ours": ours_busy, "bare": bare_busy, "cores": cores}
+    figures["side_by_side"] = slowdown
     print(f"\n({time.time() - start:.0f} s)")
     results.dump(args, figures)
     return figures

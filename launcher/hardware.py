@@ -70,8 +70,8 @@ ROWS_PER_TOKENISER = 2000
 than they save."""
 CORES_FOR_TOKENISERS = 4
 """data.num_proc null: below this many cores, one process. Its tokenizer already encodes each batch on every core,
-so on 2 cores a second process only competes with it (measured: one process keeps 1.73 of 2 cores busy, and 2
-processes prepare 20,000 rows at 0.75x one's rows/s; benchmarks/RESULTS.md); more processes pay where cores are
+so on 2 cores a second process only competes with it (measured: one process keeps 1.75 of 2 cores busy, and 2
+processes prepare 20,000 rows at 0.74x one's rows/s; benchmarks/RESULTS.md); more processes pay where cores are
 left for the rendering and masks, which one process runs on one core."""
 
 

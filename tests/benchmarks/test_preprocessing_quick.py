@@ -32,4 +32,5 @@ def test_preprocessing_quick_runs_and_checks_itself(tmp_path):
     busy = m["busy"]
     assert 0 < busy["ours"] <= busy["cores"] + 0.2 and 0 < busy["bare"] <= busy["cores"] + 0.2
     assert "Why, measured: one process of ours keeps" in out.stdout
+    assert m["side_by_side"] > 0.5 and "in two processes side by side on the two cores takes" in out.stdout
     assert "Ours, cold, 2 processes:" in out.stdout and "n/a" not in out.stdout
