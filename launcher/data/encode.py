@@ -16,10 +16,12 @@ How (the same ids and labels as `tokenizer.apply_chat_template(..., return_assis
 speed of a bare batched tokenizer call): each conversation is rendered with transformers' own Jinja path
 (`render_jinja_template`, which also returns the character spans of the `{% generation %}` blocks) or, for plain
 conversations under the chatml and zephyr templates, by string building proven to render the same
-(launcher.data.fast_render); all rendered texts of a batch are tokenised in ONE fast-tokenizer call, and each
-span becomes a slice of a numpy mask through the tokenizer's char -> token index (a few lookups a reply; every
-token's offsets only where that cannot answer). transformers builds that mask with a Python loop over every token,
-which cost more than the tokenisation itself (benchmarks/preprocessing.py).
+(launcher.data.fast_render); all rendered texts of a batch are tokenised in ONE fast-tokenizer call, and the mask
+of the whole batch is one numpy pass over its tokens' places in the text: with a byte-level tokenizer the running
+length of the tokens' bytes (launcher.data.byte_offsets, checked against the text; the tokenizer then tracks no
+offsets), otherwise the tokenizer's char -> token index (a few lookups a reply; every token's offsets only where
+that cannot answer). transformers builds that mask with a Python loop over every token, which cost more than the
+tokenisation itself (benchmarks/preprocessing.py).
 """
 from __future__ import annotations
 

@@ -252,8 +252,7 @@ class Tokenise:
         if cfg.trainer.name == "sft":
             from launcher.data.encode import SFTEncoder
 
-            self.encoder = SFTEncoder(tokenizer, self.format.name, self.format.template(cfg.data.chat_template),
-                                      cfg.trainer.train_on, cfg.data.add_eos_token)
+            self.encoder = SFTEncoder.for_run(cfg, tokenizer, self.format.name)  # (as data read whole is encoded)
 
     def row_number(self, index: int) -> str:
         return row_number(index, self.rank, self.world, self.row_level)

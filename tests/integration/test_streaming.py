@@ -393,3 +393,24 @@ def test_a_bad_column_in_a_streamed_source_stops_the_plan_naming_source_and_file
         make_plan(config, [f"project_name={tmp_path / 'run'}", "data.streaming=true", "training.max_steps=10"])
     assert (f"data.datasets[1] (alpaca): {paths[1]}: data.datasets[1].column_mapping.text_column=response names a "
             "column the file does not have") in str(err.value)
+
+
+def test_a_streamed_row_is_encoded_as_the_run_says_reasoning_untrained_included(tmp_path):
+    """The stream encodes with the run's encoder settings (SFTEncoder.for_run), trainer.train_on_reasoning too:
+    the first streamed sample is the prepared encoding of the first row, and differs from it trained."""
+    from launcher import models
+    from launcher.data.encode import SFTEncoder
+
+    rows = json.loads((REPO / "samples" / "reasoning" / "train.json").read_text())
+    (tmp_path / "reasoning").mkdir()
+    (tmp_path / "reasoning" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = planned_cfg(tmp_path, f"data.path={tmp_path / 'reasoning'}", "data.valid_split=null",
+                      "trainer.train_on_reasoning=false")
+    checked = streaming.check_stream(cfg)
+    tokenizer = models.load_tokenizer(cfg)
+    first = checked.train.rows[0]
+    expected = SFTEncoder.for_run(cfg, tokenizer, checked.format)(first)
+    streamed = take(iter(stream_of(cfg)), 1)[0]
+    assert (streamed["input_ids"], streamed["labels"]) == (expected.input_ids, expected.labels)
+    cfg.trainer.train_on_reasoning = True
+    assert SFTEncoder.for_run(cfg, tokenizer, checked.format)(first).trained > expected.trained
