@@ -55,12 +55,19 @@ def test_prepare_show_prints_the_realised_shares_within_two_points(tmp_path):
     assert len(labelled) == 3
 
 
-def test_a_bad_column_in_the_second_source_stops_plan_naming_source_and_file(tmp_path):
+def config_with_a_bad_column(tmp_path) -> tuple[str, list]:
+    """The three-source config file with a column mapping in source 1 (alpaca) naming a column it lacks; and the
+    sources' paths."""
     paths = write_sources(tmp_path, (5, 5, 5))
     config = config_file(tmp_path, paths)
     doc = yaml.safe_load(open(config))
     doc["data"]["datasets"][1]["column_mapping"] = {"text_column": "response"}
     (tmp_path / "mix.yaml").write_text(yaml.safe_dump(doc))
+    return config, paths
+
+
+def test_a_bad_column_in_the_second_source_stops_plan_naming_source_and_file(tmp_path):
+    config, paths = config_with_a_bad_column(tmp_path)
     result = run_cli("plan", "--config", config, f"project_name={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2
     assert (f"data.datasets[1].column_mapping: data.datasets[1] (alpaca): {paths[1]}: "

@@ -379,16 +379,10 @@ def test_a_bad_row_further_in_a_streamed_source_is_named_with_source_file_and_ro
 
 def test_a_bad_column_in_a_streamed_source_stops_the_plan_naming_source_and_file(tmp_path):
     from launcher.config.errors import ConfigError
-    from tests.unit.data.test_mixture import write_sources
-
     from launcher.planning import make_plan
-    from tests.integration.test_mixture import config_file
+    from tests.integration.test_mixture import config_with_a_bad_column
 
-    paths = write_sources(tmp_path, (5, 5, 5))
-    config = config_file(tmp_path, paths)
-    doc = yaml.safe_load(open(config))
-    doc["data"]["datasets"][1]["column_mapping"] = {"text_column": "response"}
-    (tmp_path / "mix.yaml").write_text(yaml.safe_dump(doc))
+    config, paths = config_with_a_bad_column(tmp_path)
     with pytest.raises(ConfigError) as err:
         make_plan(config, [f"project_name={tmp_path / 'run'}", "data.streaming=true", "training.max_steps=10"])
     assert (f"data.datasets[1] (alpaca): {paths[1]}: data.datasets[1].column_mapping.text_column=response names a "
