@@ -1,9 +1,10 @@
 """Token ids and each token's place in the text, for byte-level BPE tokenizers, without the tokenizer's offsets.
 
 The loss mask of a chat sample needs to know which tokens fall inside the assistant's replies, so preparation used
-the tokenizer's character offsets. Tracking them is a fifth of the fast tokenizer's work on chat rows
-(`encode_batch` against `encode_batch_fast`, which gives the same ids and no offsets; benchmarks/preprocessing.py),
-and the tokenizers library has no cheaper way to get them for a few tokens only. A byte-level BPE tokenizer (GPT-2,
+the tokenizer's character offsets. Tracking them is work the tokenizer does for every token (`encode_batch`;
+`encode_batch_fast` gives the same ids without them), and the tokenizers library has no cheaper way to get them
+for a few tokens only; without them preparation is faster than a bare map of the tokenizer
+(benchmarks/preprocessing.py). A byte-level BPE tokenizer (GPT-2,
 Llama 3, Qwen, SmolLM2: no normalizer, every token a fixed byte string) does not need them: a token's bytes are
 known from its id, so the tokens' byte ranges are the running sum of their byte lengths, found with one numpy
 gather per batch.
@@ -117,16 +118,15 @@ class Placement:
     def ids(self, k: int) -> np.ndarray:
         return self.every[self.first[k]:self.first[k + 1]]
 
-    def labels(self, texts: list[str], spans: list[Optional[Spans]], rule, ignore: int) -> list[Optional[np.ndarray]]:
+    def labels(self, texts: list[str], spans: list[Spans], rule, ignore: int) -> list[Optional[np.ndarray]]:
         """Each good row's labels: its ids where `rule(offsets, spans)` (the encoder's mask rule, on every token's
         byte range at once) marks them, else `ignore`; None for the rows that are not good. `spans[k]`: row k's
-        trained character spans (None for a row left out)."""
-        placed = [(self.edges[k] + a, self.edges[k] + b) for k, text in enumerate(texts)
-                  if self.good[k] and spans[k] is not None for a, b in byte_spans(text, spans[k])]
+        trained character spans."""
+        placed = [(self.edges[k] + a, self.edges[k] + b) for k, text in enumerate(texts) if self.good[k]
+                  for a, b in byte_spans(text, spans[k])]
         mask = rule(np.stack((self.starts, self.ends), axis=1), placed)
         labels = np.where(mask, self.every, ignore)
-        return [labels[self.first[k]:self.first[k + 1]] if self.good[k] and spans[k] is not None else None
-                for k in range(len(texts))]
+        return [labels[self.first[k]:self.first[k + 1]] if self.good[k] else None for k in range(len(texts))]
 
 
 def byte_spans(text: str, spans: Spans) -> Spans:

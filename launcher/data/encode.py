@@ -165,7 +165,7 @@ class SFTEncoder:
                               "trainer.train_on=all or use a model with a tokenizer.json", where[0])
         # As apply_chat_template tokenises what it rendered: no special tokens added (the template wrote them).
         # A byte-level tokenizer gives each token's place from its bytes (launcher.data.byte_offsets: no offsets
-        # tracked, a fifth of the tokenizer's work); otherwise, and for a row whose bytes do not join up, the
+        # tracked by the tokenizer); otherwise, and for a row whose bytes do not join up, the
         # marked spans are mapped to tokens through the tokenizer's own char -> token index (a few lookups a
         # reply), and the offsets of every token, which cost more than the rest of the mask, only where that
         # cannot answer.

@@ -208,7 +208,9 @@ def mix(cfg: RunConfig, out) -> None:
                           [row for s in m.sources for row in s.valid_rows],
                           origins=[s.index for s in m.sources for _ in s.valid_rows])
     head, *per_source = summary_lines(m)
-    out.notes.append(f"data: {head}: " + "; ".join(per_source))
+    streamed = (" (drawn from the first rows of each source, the ones checked; training draws the same way from "
+                "the whole streams)") if cfg.data.streaming else ""
+    out.notes.append(f"data: {head}: " + "; ".join(per_source) + streamed)
 
 
 def summary_lines(m: Mixture) -> list[str]:

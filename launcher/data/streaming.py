@@ -72,13 +72,9 @@ def check_stream(cfg: RunConfig, read_hub: bool = False) -> load.DataCheck:
     if cfg.data.datasets:
         # each source's head checked as one streamed source is, then mixed as data read whole is mixed (the
         # mixture's shares and samples in plan and prepare are those of the heads)
-        out = mixture.check_mixture(cfg, mixture.OneSource(
+        return mixture.check_mixture(cfg, mixture.OneSource(
             check=lambda one: check_stream(one, read_hub), fill_hub_rows=lambda one, check: None,
             data_check=load.DataCheck, split=load.Split))
-        out.notes = [note + " (drawn from the first rows of each source, the ones checked; training draws the "
-                     "same way from the whole streams)" if note.startswith("data: mixture (") else note
-                     for note in out.notes]
-        return out
     out = load.DataCheck()
     d = cfg.data
     out.problems += streaming_problems(cfg)
@@ -248,7 +244,7 @@ class Tokenise:
         self.cfg, self.tokenizer, self.reader, self.cut_blocks = cfg, tokenizer, reader, cut_blocks
         self.rank, self.world, self.row_level = rank, world, row_level
         self.format = formats.BY_NAME[fmt] if fmt else reader.format
-        self.encoder, self.where = None, []
+        self.encoder = None
         if cfg.trainer.name == "sft":
             from launcher.data.encode import SFTEncoder
 
@@ -260,19 +256,19 @@ class Tokenise:
     def __call__(self, batch: dict, indices: list[int]) -> dict:
         if SAMPLE in batch:  # a mixture's rows, read and converted by each source's MixedRows
             rows = [json.loads(x) for x in batch[SAMPLE]]
-            self.where = batch[WHERE]
+            where = batch[WHERE]
         else:
             if ROW in batch:  # shuffled: each row's own place in the share
                 batch = dict(batch)
                 indices = batch.pop(ROW)
             rows = [self.reader(raw, self.row_number(i)) for raw, i in zip(_raw_rows(batch), indices)]
-            self.where = [f"{self.reader.where}: row {self.row_number(i)}" for i in indices]
+            where = [f"{self.reader.where}: row {self.row_number(i)}" for i in indices]
         if self.encoder is None:
             blocks, _ = self.cut_blocks(self.cfg, self.tokenizer, rows, self.format.name)
             return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
-        return self._sft(rows, indices)
+        return self._sft(rows, where)
 
-    def _sft(self, rows: list[dict], indices: list[int]) -> dict:
+    def _sft(self, rows: list[dict], where: list[str]) -> dict:
         from launcher.data.encode import IGNORE, EncodeError
         from launcher.data.processed import sample_limit
 
@@ -281,11 +277,11 @@ class Tokenise:
         try:
             encoded = self.encoder.many(rows)
         except EncodeError:
-            for row, where in zip(rows, self.where):  # the row the error is about
+            for row, at in zip(rows, where):  # the row the error is about
                 try:
                     self.encoder(row)
                 except EncodeError as err:
-                    raise EncodeError(f"{where}: {err}") from None
+                    raise EncodeError(f"{at}: {err}") from None
             raise
         for enc in encoded:
             ids, labels = enc.input_ids[:limit], enc.labels[:limit]
